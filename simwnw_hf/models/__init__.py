@@ -1,0 +1,2 @@
+"""timm model registrations; importing this module registers every ``simwnw_*`` model."""
+from .resnet import SimWnWResNet  # noqa: F401  (registers simwnw_resnet*)
