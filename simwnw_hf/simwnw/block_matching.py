@@ -1,0 +1,375 @@
+"""SimWnW block matching between the two augmented views of an image (paper §4.1, App. B, App. C).
+
+The online view (view 1) is cut into ``block x block`` tiles (the last tile of a row/column overlaps its
+neighbour when the block does not divide the image). For every tile we find where it came from in
+view 2 through the recorded crop/flip geometry (:mod:`simwnw_hf.data.geometry`), put a square search
+window of side ``search_window`` (default ``2 * block``: 60x60 for 30x30 blocks, App. B) centred on
+that counterpart and clamped inside view 2 ("nearest region" when the counterpart is cropped out), and
+look for the best-matching block inside it with the diamond search of Zhu & Ma (2000). Similarity is
+PSNR on [0, 1] pixels (MAX_I = 1) over all channels; a pair is *similar* when PSNR >= threshold
+(20 dB by default, §5). Similar tiles are removed from view 1 and their matches from view 2.
+
+Everything is batched over images and blocks: a search state is one row per (image, block) pair and
+each diamond iteration evaluates the pattern points of all still-moving rows in one gather.
+
+Candidate positions live on a lattice: top-left corners that are multiples of ``search_step`` in view 2
+(``search_step = 1`` for CNNs; ViT token removal uses ``block = search_step = 16`` so matches land on
+the patch grid). Diamond search steps one lattice point at a time.
+
+When the two views have different flips, view-1 tiles are mirrored before being compared: a flip
+mirrors content as well as position, and a mirrored tile is what its counterpart in view 2 looks like.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+from simwnw_hf.data.geometry import Geometry, map_points
+
+__all__ = [
+    "BlockMatch", "default_block_size", "psnr", "psnr_flops", "block_grid", "counterpart_top_left",
+    "search_lattice", "match_blocks", "exhaustive_match", "removal_masks",
+]
+
+METHODS = ("diamond", "exhaustive")
+
+# Zhu & Ma (2000) patterns as (dy, dx) lattice offsets; the centre comes first so that ties keep it.
+LARGE_DIAMOND = torch.tensor([[0, 0], [-2, 0], [-1, -1], [-1, 1], [0, -2], [0, 2], [1, -1], [1, 1], [2, 0]])
+SMALL_DIAMOND = torch.tensor([[0, 0], [-1, 0], [0, -1], [0, 1], [1, 0]])
+
+# Elements of the (query, block, block, channel) tensor gathered at once; bounds peak memory.
+_GATHER_BUDGET = 1 << 23
+
+
+def default_block_size(image_size: int) -> int:
+    """Block side used by the paper: 5 for 32px, 30 for 224px, linear in between and beyond (§5)."""
+    if image_size < 2:
+        raise ValueError(f"image_size must be at least 2, got {image_size}")
+    size = 5.0 + (image_size - 32) * (30.0 - 5.0) / (224.0 - 32.0)
+    return max(2, int(math.floor(size + 0.5)))
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, max_val: float = 1.0, dim=(-3, -2, -1)) -> torch.Tensor:
+    """``10 * log10(MAX^2 / MSE)`` over ``dim`` (§4.1); identical inputs give ``+inf``."""
+    mse = (a - b).pow(2).mean(dim=dim)
+    return 10.0 * torch.log10(max_val ** 2 / mse)
+
+
+def psnr_flops(block: int, channels: int = 3) -> float:
+    """FLOPs of one block-pair PSNR (App. C): a subtraction, a multiplication and an addition per
+    element of the ``block x block x channels`` tile, plus 3 for the mean, the ratio and the log."""
+    return 3.0 * block * block * channels + 3.0
+
+
+def block_grid(size: int, block: int) -> torch.Tensor:
+    """Top-left coordinates of blocks tiling ``[0, size)``; the last one overlaps when ``block`` does
+    not divide ``size`` (§5: "overlapping blocks at the edges")."""
+    if block < 1:
+        raise ValueError(f"block size must be positive, got {block}")
+    if block > size:
+        raise ValueError(f"block size {block} is larger than the image side {size}")
+    starts = list(range(0, size - block + 1, block))
+    if starts[-1] + block < size:
+        starts.append(size - block)
+    return torch.tensor(starts, dtype=torch.long)
+
+
+def _grid_2d(height: int, width: int, block: int) -> torch.Tensor:
+    """(nb, 2) top-left (y, x) of the blocks of a ``height x width`` view, row-major."""
+    ys, xs = block_grid(height, block), block_grid(width, block)
+    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)
+
+
+def _size2d(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    h, w = (int(s) for s in size)
+    return h, w
+
+
+def counterpart_top_left(src_yx: torch.Tensor, block: int, g1: Geometry, g2: Geometry,
+                         size2: Union[int, Sequence[int]]) -> torch.Tensor:
+    """Where each view-1 block lands in view 2: (B, nb, 2) float top-left ``(y, x)``.
+
+    The block centre is mapped view 1 -> source -> view 2 (so a flip mirrors the position); the block
+    keeps its side. Counterparts that fall (partly) outside view 2 are clamped to the nearest block
+    inside it: the "nearest region" searched when the counterpart was cropped out (§4.1).
+    """
+    h2, w2 = _size2d(size2)
+    batch = g1["crop"].shape[0]
+    centre = src_yx.to(torch.float64) + block / 2.0                      # (nb, 2)
+    cy = centre[:, 0].expand(batch, -1)                                   # (B, nb)
+    cx = centre[:, 1].expand(batch, -1)
+    g1 = {k: v.to(cy.device) for k, v in g1.items()}
+    g2 = {k: v.to(cy.device) for k, v in g2.items()}
+    y2, x2 = map_points(cy, cx, g1, g2)                                   # (B, nb) each
+    top = (y2 - block / 2.0).clamp(0, h2 - block)
+    left = (x2 - block / 2.0).clamp(0, w2 - block)
+    return torch.stack([top, left], dim=-1)                               # (B, nb, 2)
+
+
+def search_lattice(counterpart: torch.Tensor, block: int, size2: Union[int, Sequence[int]],
+                   search_window: int, search_step: int = 1) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Candidate top-lefts of every search window, in lattice units (multiples of ``search_step``).
+
+    The window (side ``search_window``, App. B) is centred on the counterpart block, snapped to whole
+    pixels and shifted inside view 2; candidates are the blocks lying inside it whose top-left is a
+    multiple of ``search_step``. A window containing no lattice point (possible only when
+    ``search_window - block < search_step``) keeps the lattice point nearest to the counterpart.
+
+    Returns ``lo, hi, start``: (..., 2) long lattice indices; candidates are ``k * search_step`` for
+    ``lo <= k <= hi`` on each axis, ``start`` is the lattice point nearest to the counterpart.
+    """
+    size = torch.tensor(_size2d(size2), dtype=torch.float64, device=counterpart.device)
+    cp = counterpart.to(torch.float64)
+    win_top = torch.floor(cp + (block - search_window) / 2.0 + 0.5)      # (..., 2) pixel top of window
+    win_top = torch.minimum(win_top, size - search_window).clamp_min(0)
+    last_top = size - block                                               # last valid block top-left
+    lo = torch.ceil(win_top / search_step)
+    hi = torch.floor(torch.minimum(win_top + search_window - block, last_top) / search_step)
+    nearest = torch.minimum(torch.floor(cp / search_step + 0.5), torch.floor(last_top / search_step))
+    empty = lo > hi
+    lo = torch.where(empty, nearest, lo)
+    hi = torch.where(empty, nearest, hi)
+    start = torch.maximum(torch.minimum(torch.floor(cp / search_step + 0.5), hi), lo)
+    return lo.long(), hi.long(), start.long()
+
+
+@dataclass
+class BlockMatch:
+    """Result of matching a batch of view pairs; view 1 is the online view divided into blocks."""
+
+    src_yx: torch.Tensor        # (nb, 2) long: top-left of each block in view 1 (same for all images)
+    match_yx: torch.Tensor      # (B, nb, 2) long: top-left of the best matching block in view 2
+    psnr: torch.Tensor          # (B, nb) float: PSNR of the best match in dB (+inf for identical blocks)
+    similar: torch.Tensor       # (B, nb) bool: psnr >= threshold
+    mask1: torch.Tensor         # (B, H1, W1) bool: removed pixels of view 1 (union of similar blocks)
+    mask2: torch.Tensor         # (B, H2, W2) bool: removed pixels of view 2 (union of their matches)
+    psnr_evaluations: int       # distinct (pair, candidate) PSNRs computed over the whole batch
+    removal_ratio: float        # mean over both views and the batch of the removed-pixel fraction
+    overhead_flops: float       # psnr_evaluations * psnr_flops(block, channels), App. C
+    block_size: Optional[int] = None
+
+
+def removal_masks(src_yx: torch.Tensor, match_yx: torch.Tensor, similar: torch.Tensor, block: int,
+                  size1: Tuple[int, int], size2: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pixel masks (True = removed) of similar blocks in view 1 and of their matches in view 2."""
+    batch, nb = similar.shape
+    return (_paint_blocks(src_yx.expand(batch, nb, 2), similar, block, size1),
+            _paint_blocks(match_yx, similar, block, size2))
+
+
+def _paint_blocks(top_left: torch.Tensor, keep: torch.Tensor, block: int, size: Tuple[int, int]) -> torch.Tensor:
+    """Union of the ``block x block`` squares at ``top_left`` (B, nb, 2) where ``keep`` (B, nb)."""
+    batch, nb, _ = top_left.shape
+    h, w = size
+    ar = torch.arange(block, device=top_left.device)
+    rows = top_left[..., 0, None] + ar                                    # (B, nb, block)
+    cols = top_left[..., 1, None] + ar
+    flat = (rows[..., :, None] * w + cols[..., None, :]).reshape(batch, -1)   # (B, nb*block*block)
+    votes = keep[..., None].expand(batch, nb, block * block).reshape(batch, -1).to(torch.int32)
+    count = torch.zeros(batch, h * w, dtype=torch.int32, device=top_left.device)
+    count.scatter_add_(1, flat, votes)
+    return (count > 0).view(batch, h, w)
+
+
+class _PairPSNR:
+    """PSNR of view-1 tiles against view-2 candidate blocks, queried by (pair, y, x) lists.
+
+    Rows ("pairs") are (image, block) combinations flattened to ``n = image * nb + block``. Values are
+    cached on each pair's window lattice so a point revisited by the diamond search is not recomputed,
+    and ``evaluations`` counts exactly the PSNRs computed.
+    """
+
+    def __init__(self, x1: torch.Tensor, x2: torch.Tensor, src_yx: torch.Tensor, block: int,
+                 mirror: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, step: int):
+        batch, _, _, _ = x1.shape
+        nb = src_yx.shape[0]
+        ar = torch.arange(block, device=x1.device)
+        x1c = x1.permute(0, 2, 3, 1)                                      # (B, H1, W1, C)
+        rows = src_yx[:, 0, None] + ar                                    # (nb, block)
+        cols = src_yx[:, 1, None] + ar
+        tiles = x1c[:, rows[:, :, None], cols[:, None, :]]                # (B, nb, block, block, C)
+        tiles = torch.where(mirror.view(batch, 1, 1, 1, 1), tiles.flip(3), tiles)
+        self.tiles = tiles.reshape(batch * nb, block, block, -1)          # (N, block, block, C)
+        self.x2c = x2.permute(0, 2, 3, 1)                                 # (B, H2, W2, C)
+        self.nb, self.block, self.step, self.ar = nb, block, step, ar
+        self.lo, self.hi = lo.reshape(-1, 2), hi.reshape(-1, 2)           # (N, 2) lattice bounds
+        extent = (self.hi - self.lo + 1).amax(dim=0)                      # lattice window (Ly, Lx)
+        self.ly, self.lx = int(extent[0]), int(extent[1])
+        n = self.tiles.shape[0]
+        self.cache = torch.full((n * self.ly * self.lx,), float("nan"), dtype=torch.float32, device=x1.device)
+        self.evaluations = 0
+
+    def _compute(self, n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """PSNR for pairs ``n`` (Q,) at lattice points ``k`` (Q, 2), in chunks bounded by memory."""
+        out = torch.empty(n.shape[0], dtype=torch.float32, device=n.device)
+        per_query = self.tiles[0].numel()
+        chunk = max(1, _GATHER_BUDGET // per_query)
+        for s in range(0, n.shape[0], chunk):
+            nn_, kk = n[s:s + chunk], k[s:s + chunk] * self.step
+            image = nn_ // self.nb
+            rows = kk[:, 0, None] + self.ar                               # (q, block)
+            cols = kk[:, 1, None] + self.ar
+            cand = self.x2c[image[:, None, None], rows[:, :, None], cols[:, None, :]]   # (q, block, block, C)
+            out[s:s + chunk] = psnr(cand, self.tiles[nn_], dim=(1, 2, 3)).float()
+        return out
+
+    def __call__(self, n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """PSNR of pairs ``n`` (...) at lattice points ``k`` (..., 2); ``-inf`` outside the window."""
+        shape = n.shape
+        n, k = n.reshape(-1), k.reshape(-1, 2)
+        lo, hi = self.lo[n], self.hi[n]
+        inside = ((k >= lo) & (k <= hi)).all(dim=1)
+        rel = (k - lo).clamp_min(0)
+        slot = (n * self.ly + rel[:, 0].clamp_max(self.ly - 1)) * self.lx + rel[:, 1].clamp_max(self.lx - 1)
+        need = inside & torch.isnan(self.cache[slot])
+        if need.any():
+            # unique slots: the same new point can appear twice in one pattern batch only across rows
+            new_slot, first = _unique_first(slot[need])
+            idx = need.nonzero().squeeze(1)[first]
+            self.cache[new_slot] = self._compute(n[idx], k[idx])
+            self.evaluations += int(new_slot.numel())
+        value = torch.where(inside, self.cache[slot], torch.full_like(self.cache[slot], -math.inf))
+        return value.view(shape)
+
+
+def _unique_first(values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Unique values and the index of one occurrence of each."""
+    uniq, inverse = torch.unique(values, return_inverse=True)
+    first = torch.full_like(uniq, values.numel()).scatter_reduce_(
+        0, inverse, torch.arange(values.numel(), device=values.device), reduce="amin")
+    return uniq, first
+
+
+def _diamond_search(score: _PairPSNR, start: torch.Tensor, max_moves: int) -> torch.Tensor:
+    """Zhu & Ma diamond search for every pair at once; returns the chosen lattice points (N, 2).
+
+    Large diamond (9 points) recentred on its best point until the centre wins (ties keep the centre,
+    so the PSNR strictly increases at each move and no centre repeats), then one small diamond (5
+    points). Rows that converged leave the batch; the loop is bounded by the lattice size.
+    """
+    n_pairs = start.shape[0]
+    device = start.device
+    large, small = LARGE_DIAMOND.to(device), SMALL_DIAMOND.to(device)
+    centre = start.clone()
+    active = torch.arange(n_pairs, device=device)
+    for _ in range(max_moves):
+        if active.numel() == 0:
+            break
+        points = centre[active, None, :] + large                          # (A, 9, 2)
+        values = score(active[:, None].expand(-1, large.shape[0]), points)  # (A, 9)
+        best = values.argmax(dim=1)                                       # first max: centre on ties
+        moved = best != 0
+        centre[active] = points[torch.arange(active.numel(), device=device), best]
+        active = active[moved]
+    rows = torch.arange(n_pairs, device=device)
+    points = centre[:, None, :] + small                                   # (N, 5, 2)
+    values = score(rows[:, None].expand(-1, small.shape[0]), points)
+    return points[rows, values.argmax(dim=1)]
+
+
+def _exhaustive_search(score: _PairPSNR) -> torch.Tensor:
+    """Every lattice point of every window; returns the first best point in raster order (N, 2)."""
+    n_pairs = score.lo.shape[0]
+    device = score.lo.device
+    oy, ox = torch.meshgrid(torch.arange(score.ly, device=device), torch.arange(score.lx, device=device), indexing="ij")
+    offsets = torch.stack([oy, ox], dim=-1).reshape(-1, 2)                # (L, 2)
+    points = score.lo[:, None, :] + offsets                              # (N, L, 2)
+    rows = torch.arange(n_pairs, device=device)
+    values = score(rows[:, None].expand(-1, offsets.shape[0]), points)    # (N, L)
+    return points[rows, values.argmax(dim=1)]
+
+
+def _check_views(x1, x2):
+    for name, x in (("x1", x1), ("x2", x2)):
+        if not torch.is_tensor(x) or x.dim() != 4:
+            shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"{name} must be a (B, C, H, W) tensor of [0, 1] pixels, got {shape}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a float tensor of [0, 1] pixels, got dtype {x.dtype}")
+    if x1.shape[0] != x2.shape[0] or x1.shape[1] != x2.shape[1]:
+        raise ValueError(f"x1 and x2 must have the same batch size and channels, got {tuple(x1.shape)} and {tuple(x2.shape)}")
+
+
+def _check_inputs(x1, x2, g1, g2, block, search_window, search_step, method):
+    for name, g, x in (("g1", g1, x1), ("g2", g2, x2)):
+        if not isinstance(g, dict) or "crop" not in g or "flip" not in g:
+            raise ValueError(f"{name} must be a batched geometry dict (keys crop, flip, out_size, source_size)")
+        if g["crop"].dim() != 2 or g["crop"].shape[0] != x.shape[0]:
+            raise ValueError(f"{name} describes {tuple(g['crop'].shape[:-1])} views but the batch holds {x.shape[0]}; "
+                             "pass the batched geometry of the same batch")
+        if "out_size" in g and not bool((g["out_size"].to(torch.long).cpu() == torch.tensor(x.shape[-2:])).all()):
+            raise ValueError(f"{name}['out_size'] does not match the view size {tuple(x.shape[-2:])}")
+    if method not in METHODS:
+        raise ValueError(f"unknown search method {method!r}; expected one of {METHODS}")
+    if block < 1:
+        raise ValueError(f"block_size must be positive, got {block}")
+    for name, x in (("x1", x1), ("x2", x2)):
+        if block > min(x.shape[-2:]):
+            raise ValueError(f"block_size {block} is larger than {name} ({x.shape[-2]}x{x.shape[-1]})")
+    if search_window < block:
+        raise ValueError(f"search_window {search_window} must be at least the block size {block}")
+    if search_step < 1:
+        raise ValueError(f"search_step must be a positive integer, got {search_step}")
+    if not (bool(torch.isfinite(x1).all()) and bool(torch.isfinite(x2).all())):
+        raise ValueError("views contain NaN or inf pixels")
+
+
+def match_blocks(x1: torch.Tensor, x2: torch.Tensor, g1: Geometry, g2: Geometry,
+                 block_size: Optional[int] = None, psnr_threshold: float = 20.0,
+                 search_window: Optional[int] = None, search_step: int = 1,
+                 method: str = "diamond") -> BlockMatch:
+    """Match every block of view 1 in view 2 and build the removal masks (§4.1, App. B).
+
+    Args:
+        x1, x2: (B, C, H, W) views as un-normalised [0, 1] pixels (see ``denormalize``).
+        g1, g2: batched geometry dicts of the two views (:mod:`simwnw_hf.data.geometry`).
+        block_size: block side; default :func:`default_block_size` of view 1's height.
+        psnr_threshold: a pair with PSNR >= this (dB) is similar and removed (paper: 20).
+        search_window: side of the square search region in view 2 (default ``2 * block_size``).
+        search_step: candidate top-lefts are multiples of this in view 2 (1 for CNNs, patch size for ViTs).
+        method: ``"diamond"`` (Zhu & Ma 2000) or ``"exhaustive"`` (every candidate of the same window).
+    """
+    _check_views(x1, x2)
+    block = default_block_size(min(x1.shape[-2:])) if block_size is None else int(block_size)
+    window = 2 * block if search_window is None else int(search_window)
+    _check_inputs(x1, x2, g1, g2, block, window, int(search_step), method)
+    batch, channels, h1, w1 = x1.shape
+    h2, w2 = x2.shape[-2:]
+    device = x1.device
+
+    src_yx = _grid_2d(h1, w1, block).to(device)                          # (nb, 2)
+    counterpart = counterpart_top_left(src_yx, block, g1, g2, (h2, w2)).to(device)   # (B, nb, 2)
+    lo, hi, start = search_lattice(counterpart, block, (h2, w2), window, search_step)
+    mirror = (g1["flip"].to(torch.bool) != g2["flip"].to(torch.bool)).to(device)      # (B,)
+    score = _PairPSNR(x1, x2, src_yx, block, mirror, lo, hi, search_step)
+    if method == "diamond":
+        best = _diamond_search(score, start.reshape(-1, 2), max_moves=score.ly * score.lx)
+    else:
+        best = _exhaustive_search(score)
+    n_pairs = best.shape[0]
+    best_psnr = score(torch.arange(n_pairs, device=device), best)        # cached: no new evaluation
+    nb = src_yx.shape[0]
+    match_yx = (best * search_step).view(batch, nb, 2)
+    best_psnr = best_psnr.view(batch, nb)
+    similar = best_psnr >= psnr_threshold
+    mask1, mask2 = removal_masks(src_yx, match_yx, similar, block, (h1, w1), (h2, w2))
+    removal = 0.5 * (mask1.float().mean() + mask2.float().mean())
+    return BlockMatch(
+        src_yx=src_yx, match_yx=match_yx, psnr=best_psnr, similar=similar, mask1=mask1, mask2=mask2,
+        psnr_evaluations=score.evaluations, removal_ratio=float(removal),
+        overhead_flops=score.evaluations * psnr_flops(block, channels), block_size=block,
+    )
+
+
+def exhaustive_match(x1: torch.Tensor, x2: torch.Tensor, g1: Geometry, g2: Geometry, **kwargs) -> BlockMatch:
+    """Reference for :func:`match_blocks`: every candidate of the same search window is evaluated."""
+    if kwargs.get("method", "exhaustive") != "exhaustive":
+        raise ValueError("exhaustive_match always uses method='exhaustive'")
+    kwargs["method"] = "exhaustive"
+    return match_blocks(x1, x2, g1, g2, **kwargs)
