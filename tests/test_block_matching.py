@@ -1,0 +1,252 @@
+"""SimWnW block matching: diamond vs exhaustive, geometry windows, masks, batching, bad input."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from simwnw_hf.data.geometry import make_geometry
+from simwnw_hf.data.views import GeometricView
+from simwnw_hf.simwnw import (
+    block_grid, counterpart_top_left, default_block_size, exhaustive_match, match_blocks, psnr, search_lattice,
+)
+
+
+def _batch_geometry(geoms):
+    return {k: torch.stack([g[k] for g in geoms]) for k in geoms[0]}
+
+
+def _smooth_source(batch, size, coarse=6, seed=0):
+    """Smooth random images: PSNR against a shifted copy is unimodal around the true shift."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(batch, 3, coarse, coarse, generator=g)
+    return F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def _crop_pair(source, boxes1, boxes2, view, flips2=None):
+    """Views cut out of ``source`` without resizing (pure shifts), with their geometry."""
+    batch, _, hs, ws = source.shape
+    flips2 = flips2 or [False] * batch
+    x1, x2, g1, g2 = [], [], [], []
+    for i in range(batch):
+        (t1, l1), (t2, l2) = boxes1[i], boxes2[i]
+        x1.append(source[i, :, t1:t1 + view, l1:l1 + view])
+        v2 = source[i, :, t2:t2 + view, l2:l2 + view]
+        x2.append(v2.flip(-1) if flips2[i] else v2)
+        g1.append(make_geometry(t1, l1, view, view, False, (view, view), (hs, ws)))
+        g2.append(make_geometry(t2, l2, view, view, flips2[i], (view, view), (hs, ws)))
+    return torch.stack(x1), torch.stack(x2), _batch_geometry(g1), _batch_geometry(g2)
+
+
+def test_default_block_size_and_grid():
+    assert default_block_size(32) == 5 and default_block_size(224) == 30
+    assert default_block_size(128) == 18 and default_block_size(8) >= 2
+    assert block_grid(32, 5).tolist() == [0, 5, 10, 15, 20, 25, 27]   # last block overlaps the edge
+    assert block_grid(224, 16).tolist() == list(range(0, 224, 16))
+    a = torch.rand(2, 3, 5, 5)
+    assert torch.isinf(psnr(a, a)).all()
+    assert torch.allclose(psnr(a, a + 0.1), torch.full((2,), 20.0), atol=1e-4)   # MSE 0.01 -> 20 dB
+
+
+def test_diamond_equals_exhaustive_on_known_shift():
+    """View 2 is view 1 shifted; the recorded geometry is off by a few pixels so the search must move."""
+    view, block, batch = 48, 8, 4
+    source = _smooth_source(batch, 96)
+    boxes1 = [(20, 20), (30, 10), (10, 40), (25, 25)]
+    shifts = [(3, -2), (-5, 4), (6, 6), (0, -6)]
+    boxes2 = [(t + dy, l + dx) for (t, l), (dy, dx) in zip(boxes1, shifts)]
+    x1, x2, g1, g2 = _crop_pair(source, boxes1, boxes2, view)
+    # lie about view 2's crop: the counterpart prediction is off by (-err) and the search must recover it
+    errors = torch.tensor([[2.0, -3.0], [-4.0, 1.0], [3.0, 3.0], [-2.0, 4.0]], dtype=torch.float64)
+    g2_wrong = dict(g2, crop=g2["crop"].clone())
+    g2_wrong["crop"][:, :2] += errors
+    kwargs = dict(block_size=block, search_window=3 * block)
+    dia = match_blocks(x1, x2, g1, g2_wrong, **kwargs)
+    exh = exhaustive_match(x1, x2, g1, g2_wrong, **kwargs)
+    exact = torch.isinf(exh.psnr)
+    assert exact.float().mean() > 0.5, "most blocks should have their true counterpart inside view 2"
+    true_yx = dia.src_yx[None] - torch.tensor([list(s) for s in shifts])[:, None]     # (B, nb, 2)
+    assert torch.equal(exh.match_yx[exact], true_yx[exact])
+    assert torch.equal(dia.match_yx[exact], exh.match_yx[exact])
+    assert torch.isinf(dia.psnr[exact]).all()
+    assert dia.psnr_evaluations < exh.psnr_evaluations / 2
+
+
+def _reference_exhaustive(x1, x2, g1, g2, block, window, threshold=20.0):
+    """Slow loop over images, blocks and every window position, written from App. B."""
+    batch, _, h, w = x1.shape
+    ys, xs = block_grid(h, block), block_grid(w, block)
+    src = [(int(y), int(x)) for y in ys for x in xs]
+    cps = counterpart_top_left(torch.tensor(src), block, g1, g2, (h, w))
+    out_yx, out_psnr = torch.zeros(batch, len(src), 2, dtype=torch.long), torch.zeros(batch, len(src))
+    for i in range(batch):
+        mirror = bool(g1["flip"][i]) != bool(g2["flip"][i])
+        for j, (y, x) in enumerate(src):
+            tile = x1[i, :, y:y + block, x:x + block]
+            tile = tile.flip(-1) if mirror else tile
+            top = [min(max(math.floor(float(cps[i, j, a]) + (block - window) / 2 + 0.5), 0), (h, w)[a] - window)
+                   for a in range(2)]
+            best, best_yx = -math.inf, None
+            for cy in range(top[0], top[0] + window - block + 1):
+                for cx in range(top[1], top[1] + window - block + 1):
+                    p = float(psnr(tile, x2[i, :, cy:cy + block, cx:cx + block]))
+                    if p > best:
+                        best, best_yx = p, (cy, cx)
+            out_yx[i, j] = torch.tensor(best_yx)
+            out_psnr[i, j] = best
+    return out_yx, out_psnr
+
+
+def test_exhaustive_matches_loop_reference_with_flips():
+    view, block, window, batch = 20, 4, 8, 3
+    g = torch.Generator().manual_seed(1)
+    source = torch.rand(batch, 3, 40, 40, generator=g)
+    x1, x2, g1, g2 = _crop_pair(source, [(5, 5), (10, 2), (0, 15)], [(8, 3), (10, 2), (12, 18)], view,
+                                flips2=[False, True, True])
+    res = exhaustive_match(x1, x2, g1, g2, block_size=block, search_window=window)
+    ref_yx, ref_psnr = _reference_exhaustive(x1, x2, g1, g2, block, window)
+    assert torch.equal(res.match_yx, ref_yx)
+    assert torch.allclose(res.psnr, ref_psnr, atol=1e-3)
+    # image 1 is its own view, flipped: every block is found exactly thanks to the mirrored tile
+    assert torch.isinf(res.psnr[1]).all()
+
+
+def _coordinate_source(hs, ws):
+    """Source whose channels encode each pixel's centre (row, col): views reveal where pixels came from."""
+    rows = (torch.arange(hs, dtype=torch.float64) + 0.5)[:, None].expand(hs, ws)
+    cols = (torch.arange(ws, dtype=torch.float64) + 0.5)[None, :].expand(hs, ws)
+    return torch.stack([rows, cols, torch.zeros_like(rows)])
+
+
+def test_geometry_window_contains_true_counterpart():
+    """Real resized/flipped crops of a coordinate image; the search lattice must hold the true block."""
+    from torchvision.transforms.v2 import functional as TF
+
+    hs, ws, size, block = 120, 150, 32, 5
+    source = _coordinate_source(hs, ws)
+    maker = GeometricView(size, scale=(0.3, 1.0))
+    gen = torch.Generator().manual_seed(3)
+    checked = 0
+    for _ in range(12):
+        views, geoms = [], []
+        for _ in range(2):
+            from simwnw_hf.data.views import sample_crop_box
+            box = sample_crop_box(hs, ws, (0.3, 1.0), (3 / 4, 4 / 3), gen)
+            flip = bool(torch.rand(1, generator=gen) < 0.5)
+            v = TF.resized_crop(source.float(), *box, [size, size], antialias=True)
+            views.append(TF.horizontal_flip(v) if flip else v)
+            geoms.append(make_geometry(*box, flip, (size, size), (hs, ws)))
+        g1, g2 = (_batch_geometry([g]) for g in geoms)
+        src = torch.stack(torch.meshgrid(block_grid(size, block), block_grid(size, block), indexing="ij"), -1).reshape(-1, 2)
+        cp = counterpart_top_left(src, block, g1, g2, size)[0]
+        lo, hi, start = search_lattice(cp, block, size, 2 * block)
+        v1, v2 = views
+        for j, (y, x) in enumerate(src.tolist()):
+            # true source point of the block centre, read from the view-1 pixels themselves
+            centre_src = v1[:2, y:y + block, x:x + block].mean(dim=(1, 2))
+            dist = (v2[:2] - centre_src[:, None, None]).abs().amax(0)   # (H2, W2): source-distance per pixel
+            r, c = divmod(int(dist.argmin()), size)
+            inside2 = (geoms[1]["crop"][0] <= centre_src[0] < geoms[1]["crop"][0] + geoms[1]["crop"][2]) and \
+                      (geoms[1]["crop"][1] <= centre_src[1] < geoms[1]["crop"][1] + geoms[1]["crop"][3])
+            if not inside2 or not (2 <= r < size - 2 and 2 <= c < size - 2):
+                continue   # cropped out (then the nearest region is searched) or too close to the edge
+            true_top = torch.tensor([r + 0.5 - block / 2, c + 0.5 - block / 2]).round().clamp(0, size - block)
+            assert (lo[j] - 1 <= true_top).all() and (true_top <= hi[j] + 1).all(), (j, lo[j], hi[j], true_top)
+            assert (lo[j] <= start[j]).all() and (start[j] <= hi[j]).all()
+            checked += 1
+    assert checked > 50
+
+
+def test_same_scale_crop_with_flip_found_exactly_through_geometry():
+    """No lying geometry: identical-scale crops, flipped view 2 -> matches land on the true counterparts."""
+    view, block = 32, 5
+    source = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    x1, x2, g1, g2 = _crop_pair(source, [(10, 10), (20, 5)], [(14, 7), (18, 12)], view, flips2=[True, False])
+    res = match_blocks(x1, x2, g1, g2, block_size=block)
+    cp = counterpart_top_left(res.src_yx, block, g1, g2, view)
+    inside = ((cp - cp.round()).abs() < 1e-9).all(-1) & (cp > 0).all(-1) & (cp < view - block).all(-1)
+    assert inside.sum() > 20
+    assert torch.equal(res.match_yx[inside], cp.round().long()[inside])
+    assert torch.isinf(res.psnr[inside]).all()
+
+
+def _pair_batch(batch=4, size=32, seed=0):
+    from simwnw_hf.data.views import TwoViewTransform, denormalize
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    t = TwoViewTransform(image_size=size)
+    imgs = (_smooth_source(batch, 48, coarse=10, seed=seed) * 255).to(torch.uint8)
+    items = [t(Image.fromarray(im.permute(1, 2, 0).numpy()), g) for im in imgs]
+    x1 = denormalize(torch.stack([it["views"][0] for it in items]), t.mean, t.std)
+    x2 = denormalize(torch.stack([it["views"][1] for it in items]), t.mean, t.std)
+    g1 = _batch_geometry([it["geometry"][0] for it in items])
+    g2 = _batch_geometry([it["geometry"][1] for it in items])
+    return x1, x2, g1, g2
+
+
+def test_masks_are_unions_of_reported_blocks():
+    x1, x2, g1, g2 = _pair_batch()
+    res = match_blocks(x1, x2, g1, g2, psnr_threshold=18.0)
+    b = res.block_size
+    assert res.similar.any() and not res.similar.all()
+    m1, m2 = torch.zeros_like(res.mask1), torch.zeros_like(res.mask2)
+    for i in range(res.similar.shape[0]):
+        for j in range(res.similar.shape[1]):
+            if res.similar[i, j]:
+                y, x = res.src_yx[j].tolist()
+                m1[i, y:y + b, x:x + b] = True
+                y, x = res.match_yx[i, j].tolist()
+                m2[i, y:y + b, x:x + b] = True
+    assert torch.equal(res.mask1, m1) and torch.equal(res.mask2, m2)
+    assert res.removal_ratio == pytest.approx(0.5 * (m1.float().mean() + m2.float().mean()).item())
+    assert torch.equal(res.similar, res.psnr >= 18.0)
+    assert res.overhead_flops == pytest.approx(res.psnr_evaluations * (3 * 3 * b * b + 3))
+
+
+@pytest.mark.parametrize("method", ["diamond", "exhaustive"])
+def test_batched_equals_per_image(method):
+    x1, x2, g1, g2 = _pair_batch(seed=5)
+    res = match_blocks(x1, x2, g1, g2, method=method)
+    evaluations = 0
+    for i in range(x1.shape[0]):
+        gi = lambda g: {k: v[i:i + 1] for k, v in g.items()}  # noqa: E731
+        one = match_blocks(x1[i:i + 1], x2[i:i + 1], gi(g1), gi(g2), method=method)
+        assert torch.equal(one.match_yx[0], res.match_yx[i])
+        assert torch.equal(one.psnr[0], res.psnr[i])
+        assert torch.equal(one.mask1[0], res.mask1[i]) and torch.equal(one.mask2[0], res.mask2[i])
+        evaluations += one.psnr_evaluations
+    assert evaluations == res.psnr_evaluations
+
+
+def test_patch_grid_matching_for_vits():
+    """block = step = 16 (ViT tokens): matches land on the 16px patch grid of view 2."""
+    x1, x2, g1, g2 = _pair_batch(batch=2, size=64, seed=2)
+    res = match_blocks(x1, x2, g1, g2, block_size=16, search_step=16)
+    assert res.src_yx.shape == (16, 2)
+    assert (res.match_yx % 16 == 0).all()
+    exh = exhaustive_match(x1, x2, g1, g2, block_size=16, search_step=16)
+    assert (exh.psnr >= res.psnr - 1e-5).all()   # exhaustive is never worse than diamond on the same lattice
+
+
+def test_bad_input_errors():
+    x1, x2, g1, g2 = _pair_batch(batch=2)
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        match_blocks(x1[0], x2, g1, g2)
+    with pytest.raises(ValueError, match="same batch size"):
+        match_blocks(x1, x2[:1], g1, g2)
+    with pytest.raises(ValueError, match="larger than"):
+        match_blocks(x1, x2, g1, g2, block_size=40)
+    with pytest.raises(ValueError, match="g2 describes"):
+        match_blocks(x1, x2, g1, {k: v[:1] for k, v in g2.items()})
+    with pytest.raises(ValueError, match="search_window"):
+        match_blocks(x1, x2, g1, g2, block_size=5, search_window=4)
+    with pytest.raises(ValueError, match="unknown search method"):
+        match_blocks(x1, x2, g1, g2, method="three-step")
+    with pytest.raises(TypeError, match="float"):
+        match_blocks((x1 * 255).to(torch.uint8), x2, g1, g2)
+    with pytest.raises(ValueError, match="out_size"):
+        match_blocks(x1[..., :30, :30], x2[..., :30, :30], g1, g2)
+    with pytest.raises(ValueError, match="NaN"):
+        match_blocks(x1 * float("nan"), x2, g1, g2)
