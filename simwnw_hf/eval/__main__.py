@@ -1,0 +1,118 @@
+"""``python -m simwnw_hf.eval {knn,linear} --checkpoint DIR --dataset ...``: prints one JSON line with ``top1``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import load_file
+
+import simwnw_hf  # noqa: F401  (registers simwnw_* models)
+from simwnw_hf.train.checkpoint import WEIGHTS_FILE, latest_checkpoint
+
+
+def _resolve_weights(checkpoint: Path) -> tuple[Path, dict]:
+    """Weights file and the run config for a run dir, a checkpoint dir or an exported folder."""
+    checkpoint = checkpoint.expanduser()
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    if checkpoint.is_file():
+        weights, folder = checkpoint, checkpoint.parent
+    elif (checkpoint / WEIGHTS_FILE).is_file():
+        weights, folder = checkpoint / WEIGHTS_FILE, checkpoint
+    elif (latest := latest_checkpoint(checkpoint)) is not None:
+        weights, folder = latest / WEIGHTS_FILE, latest
+    else:
+        raise FileNotFoundError(f"no {WEIGHTS_FILE} and no complete checkpoint-<step>/ in {checkpoint}")
+    for candidate in (folder / "run_config.json", folder.parent / "run_config.json"):
+        if candidate.is_file():
+            return weights, json.loads(candidate.read_text())
+    config = folder / "config.json"  # an exported Hub folder (timm save_for_hf layout)
+    if config.is_file():
+        data = json.loads(config.read_text())
+        size = data.get("pretrained_cfg", {}).get("input_size", [3, None, None])[-1]
+        return weights, {"model": data.get("architecture"), "image_size": size,
+                         "model_args": json.dumps({k: v for k, v in data.get("model_args", {}).items()
+                                                   if k != "num_classes"})}
+    return weights, {}
+
+
+def build_eval_backbone(args) -> tuple[torch.nn.Module, int, str]:
+    run = {}
+    if args.checkpoint is not None:
+        weights, run = _resolve_weights(Path(args.checkpoint))
+    model_name = args.model or run.get("model")
+    if model_name is None:
+        raise ValueError("cannot tell the architecture: pass --model (no run_config.json next to the checkpoint)")
+    model_args = run.get("model_args", "{}")
+    model_args = json.loads(model_args) if isinstance(model_args, str) else dict(model_args)
+    torch.manual_seed(args.seed)
+    backbone = timm.create_model(model_name, num_classes=0, **model_args)
+    if args.checkpoint is not None and not args.random_init:
+        state = load_file(str(weights))
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{weights} does not fit {model_name}: missing {list(missing)[:5]}, "
+                             f"unexpected {list(unexpected)[:5]}")
+    image_size = args.image_size or run.get("image_size") or backbone.pretrained_cfg["input_size"][-1]
+    return backbone, int(image_size), model_name
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m simwnw_hf.eval", description=__doc__)
+    parser.add_argument("protocol", choices=["knn", "linear"])
+    parser.add_argument("--checkpoint", help="run dir, checkpoint-<step> dir, exported folder or .safetensors file")
+    parser.add_argument("--model", help="timm model name (default: from the run's run_config.json)")
+    parser.add_argument("--random-init", action="store_true", help="evaluate the architecture at random init")
+    parser.add_argument("--dataset", default=None, help="Hub id, parquet file or folder (default: bundled sample)")
+    parser.add_argument("--train-split", default=None)
+    parser.add_argument("--test-split", default="test")
+    parser.add_argument("--image-column", default=None)
+    parser.add_argument("--label-column", default=None)
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--max-train", type=int, default=None)
+    parser.add_argument("--max-test", type=int, default=None)
+    parser.add_argument("--k", type=int, default=200)
+    parser.add_argument("--t", type=float, default=0.1)
+    parser.add_argument("--epochs", type=int, default=100, help="linear probe epochs")
+    parser.add_argument("--lr", type=float, default=1e-3, help="linear probe learning rate")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-json", default=None, help="also merge the result into this JSON file")
+    args = parser.parse_args(argv)
+    if args.checkpoint is None and not args.random_init:
+        parser.error("pass --checkpoint, or --random-init with --model")
+
+    backbone, image_size, model_name = build_eval_backbone(args)
+    mean, std = backbone.pretrained_cfg["mean"], backbone.pretrained_cfg["std"]
+    common = dict(image_size=image_size, mean=mean, std=std, train_split=args.train_split,
+                  test_split=args.test_split, image_column=args.image_column, label_column=args.label_column,
+                  max_train=args.max_train, max_test=args.max_test, batch_size=args.batch_size)
+    if args.protocol == "knn":
+        from .knn import knn_evaluate
+        result = knn_evaluate(backbone, args.dataset, k=args.k, temperature=args.t, **common)
+    else:
+        from .linear import linear_evaluate
+        result = linear_evaluate(backbone, args.dataset, epochs=args.epochs, lr=args.lr, seed=args.seed, **common)
+    result.update({"model": model_name, "checkpoint": args.checkpoint, "random_init": bool(args.random_init)})
+    if args.output_json:
+        path = Path(args.output_json)
+        merged = json.loads(path.read_text()) if path.is_file() else {}
+        merged[args.protocol] = result
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(merged, indent=2))
+        tmp.replace(path)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,143 @@
+"""SSL frameworks composed from a timm backbone, heads and a loss (lightly style: one small module each).
+
+Contract (docs/DESIGN.md): ``framework(batch, prune=True) -> (loss, stats)``; ``batch["views"][:2]``
+are the two views and ``batch["geometry"][:2]`` their crop/flip records. The backbone is any timm
+model created with ``num_classes=0``; a pruning-aware backbone receives both views at once through
+:func:`~simwnw_hf.ssl.pair.encode_pair`. Frameworks with a momentum encoder expose
+``momentum_update(progress)``, called by the trainer after each optimizer step.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from . import heads
+from .distributed import gather_no_grad
+from .losses import InfoNCEWithQueue, NegativeCosineSimilarity, NTXentLoss, VICRegLoss
+from .momentum import cosine_schedule, make_momentum_copy, update_momentum
+from .pair import encode_pair, merge_stats
+
+
+def _pair(batch):
+    views, geometry = batch["views"], batch.get("geometry") or [None, None]
+    if len(views) < 2:
+        raise ValueError(f"SSL needs two views per image, the batch has {len(views)}")
+    return views[0], views[1], geometry[0], geometry[1]
+
+
+class SimCLR(nn.Module):
+    """SimCLR (Chen et al. 2020, arXiv:2002.05709): NT-Xent between projections of two views."""
+
+    def __init__(self, backbone: nn.Module, num_features: int, hidden_dim: int = 2048, out_dim: int = 128,
+                 temperature: float = 0.5):
+        super().__init__()
+        self.backbone = backbone
+        self.projection_head = heads.simclr_projection(num_features, hidden_dim, out_dim)
+        self.criterion = NTXentLoss(temperature)
+
+    def forward(self, batch, prune: bool = True):
+        x1, x2, g1, g2 = _pair(batch)
+        f1, f2, stats = encode_pair(self.backbone, x1, x2, g1, g2, prune)
+        return self.criterion(self.projection_head(f1), self.projection_head(f2)), stats
+
+
+class SimSiam(nn.Module):
+    """SimSiam (Chen & He 2021, arXiv:2011.10566): predictor + stop-gradient, symmetric loss."""
+
+    def __init__(self, backbone: nn.Module, num_features: int, proj_dim: int = 2048, pred_hidden_dim: int = 512):
+        super().__init__()
+        self.backbone = backbone
+        self.projection_head = heads.simsiam_projection(num_features, proj_dim, proj_dim)
+        self.prediction_head = heads.simsiam_prediction(proj_dim, pred_hidden_dim)
+        self.criterion = NegativeCosineSimilarity()
+
+    def forward(self, batch, prune: bool = True):
+        x1, x2, g1, g2 = _pair(batch)
+        f1, f2, stats = encode_pair(self.backbone, x1, x2, g1, g2, prune)
+        z1, z2 = self.projection_head(f1), self.projection_head(f2)
+        p1, p2 = self.prediction_head(z1), self.prediction_head(z2)
+        loss = 0.5 * (self.criterion(p1, z2.detach()) + self.criterion(p2, z1.detach()))
+        return loss, stats
+
+
+class BYOL(nn.Module):
+    """BYOL (Grill et al. 2020, arXiv:2006.07733): online predictor regresses an EMA target."""
+
+    def __init__(self, backbone: nn.Module, num_features: int, hidden_dim: int = 4096, out_dim: int = 256,
+                 momentum: float = 0.99):
+        super().__init__()
+        self.backbone = backbone
+        self.projection_head = heads.byol_mlp(num_features, hidden_dim, out_dim)
+        self.prediction_head = heads.byol_mlp(out_dim, hidden_dim, out_dim)
+        self.backbone_momentum = make_momentum_copy(self.backbone)
+        self.projection_head_momentum = make_momentum_copy(self.projection_head)
+        self.base_momentum = momentum
+        self.criterion = NegativeCosineSimilarity()
+
+    def forward(self, batch, prune: bool = True):
+        x1, x2, g1, g2 = _pair(batch)
+        f1, f2, stats = encode_pair(self.backbone, x1, x2, g1, g2, prune)
+        p1, p2 = self.prediction_head(self.projection_head(f1)), self.prediction_head(self.projection_head(f2))
+        with torch.no_grad():
+            t1, t2, target_stats = encode_pair(self.backbone_momentum, x1, x2, g1, g2, prune)
+            z1, z2 = self.projection_head_momentum(t1), self.projection_head_momentum(t2)
+        # 2 - 2 cos(p, z') per view (BYOL eq. 2), symmetrised
+        loss = 2 + (self.criterion(p1, z2) + self.criterion(p2, z1))
+        return loss, merge_stats(stats, target_stats)
+
+    def momentum_update(self, progress: float) -> None:
+        m = cosine_schedule(progress, self.base_momentum, 1.0)
+        update_momentum(self.backbone, self.backbone_momentum, m)
+        update_momentum(self.projection_head, self.projection_head_momentum, m)
+
+
+class MoCo(nn.Module):
+    """MoCo v2 (Chen et al. 2020, arXiv:2003.04297): queries vs momentum keys and a queue of negatives.
+
+    Symmetrised (each view is query once); keys are gathered over processes before they are queued.
+    """
+
+    def __init__(self, backbone: nn.Module, num_features: int, hidden_dim: int = 2048, out_dim: int = 128,
+                 queue_size: int = 4096, temperature: float = 0.2, momentum: float = 0.99):
+        super().__init__()
+        self.backbone = backbone
+        self.projection_head = heads.moco_projection(num_features, hidden_dim, out_dim)
+        self.backbone_momentum = make_momentum_copy(self.backbone)
+        self.projection_head_momentum = make_momentum_copy(self.projection_head)
+        self.momentum = momentum
+        self.criterion = InfoNCEWithQueue(out_dim, queue_size, temperature)
+
+    def forward(self, batch, prune: bool = True):
+        x1, x2, g1, g2 = _pair(batch)
+        f1, f2, stats = encode_pair(self.backbone, x1, x2, g1, g2, prune)
+        q1, q2 = self.projection_head(f1), self.projection_head(f2)
+        with torch.no_grad():
+            t1, t2, key_stats = encode_pair(self.backbone_momentum, x1, x2, g1, g2, prune)
+            k1, k2 = self.projection_head_momentum(t1), self.projection_head_momentum(t2)
+        loss = 0.5 * (self.criterion(q1, k2) + self.criterion(q2, k1))
+        if self.training:
+            self.criterion.enqueue(gather_no_grad(torch.cat([k1, k2])))
+        return loss, merge_stats(stats, key_stats)
+
+    def momentum_update(self, progress: float) -> None:
+        update_momentum(self.backbone, self.backbone_momentum, self.momentum)
+        update_momentum(self.projection_head, self.projection_head_momentum, self.momentum)
+
+
+class VICReg(nn.Module):
+    """VICReg (Bardes et al. 2022, arXiv:2105.04906): variance-invariance-covariance on expanded features."""
+
+    def __init__(self, backbone: nn.Module, num_features: int, hidden_dim: int = 2048, out_dim: int = 2048):
+        super().__init__()
+        self.backbone = backbone
+        self.projection_head = heads.vicreg_projection(num_features, hidden_dim, out_dim)
+        self.criterion = VICRegLoss()
+
+    def forward(self, batch, prune: bool = True):
+        x1, x2, g1, g2 = _pair(batch)
+        f1, f2, stats = encode_pair(self.backbone, x1, x2, g1, g2, prune)
+        return self.criterion(self.projection_head(f1), self.projection_head(f2)), stats
+
+
+FRAMEWORKS = {"simclr": SimCLR, "simsiam": SimSiam, "byol": BYOL, "moco": MoCo, "vicreg": VICReg}

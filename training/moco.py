@@ -1,0 +1,5 @@
+"""moco pre-training: `accelerate launch training/moco.py --help` lists every flag."""
+from simwnw_hf.train import main
+
+if __name__ == "__main__":
+    main(framework="moco")

@@ -1,0 +1,5 @@
+"""simsiam pre-training: `accelerate launch training/simsiam.py --help` lists every flag."""
+from simwnw_hf.train import main
+
+if __name__ == "__main__":
+    main(framework="simsiam")

@@ -1,0 +1,5 @@
+"""vicreg pre-training: `accelerate launch training/vicreg.py --help` lists every flag."""
+from simwnw_hf.train import main
+
+if __name__ == "__main__":
+    main(framework="vicreg")
