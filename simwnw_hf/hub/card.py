@@ -1,0 +1,268 @@
+"""Model card (``README.md``) of an exported encoder, rendered with ``huggingface_hub.ModelCard``.
+
+The YAML header is a ``ModelCardData``: ``library_name: timm``, tags, datasets, license, a
+``model-index`` holding the kNN / linear top-1, and the training-cost figures as extra keys
+(``training_flops``, ``dense_training_flops``, ``flops_saving_pct``, ...), so the Hub can index them.
+The body comes from the Jinja template ``model_cards/template.md``: usage with timm and transformers,
+the recipe, a dense-baseline vs this-encoder results table, and limitations stated from the record
+(steps, hardware, dataset size), never from hopes.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Optional
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+__all__ = ["TEMPLATE_PATH", "render_card", "hub_dataset_id", "train_command"]
+
+TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_cards" / "template.md"
+
+FRAMEWORK_NAMES = {"simclr": "SimCLR", "simsiam": "SimSiam", "byol": "BYOL", "moco": "MoCo v2",
+                   "vicreg": "VICReg", "dino": "DINO"}
+PRUNING_NAMES = {"simwnw": "SimWnW", "simprune": "SimPrune", "evit": "EViT"}
+PAPER_EPOCHS = 800  # SimWnW paper, Table 1: training from scratch, 800 epochs
+
+
+def hub_dataset_id(dataset: Optional[str]) -> Optional[str]:
+    """Hub dataset id for the card's ``datasets`` field, or None for a local dataset we cannot name.
+
+    The bundled ``sample`` and local CIFAR-10 parquet files are subsets of ``cifar10``.
+    """
+    if not dataset:
+        return None
+    text = str(dataset)
+    lowered = text.lower()
+    if text in ("sample", "default", "cifar10-sample") or "simwnw_hf/data/sample" in text or "cifar10" in lowered:
+        return "cifar10"
+    if "imagenet" in lowered and text.startswith(("/", ".", "~")):
+        return "ILSVRC/imagenet-1k"
+    if text.startswith(("/", ".", "~")) or Path(text).exists():
+        return None
+    return text  # already a Hub id
+
+
+def _flops(value) -> str:
+    if value is None:
+        return "n/a"
+    value = float(value)
+    for unit, scale in (("PFLOPs", 1e15), ("TFLOPs", 1e12), ("GFLOPs", 1e9), ("MFLOPs", 1e6)):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.0f} FLOPs"
+
+
+def _seconds(value) -> str:
+    if value is None:
+        return "n/a"
+    value = float(value)
+    if value >= 3600:
+        return f"{value / 3600:.2f} h"
+    if value >= 60:
+        return f"{value / 60:.1f} min"
+    return f"{value:.1f} s"
+
+
+def _top1(record: dict, protocol: str) -> str:
+    result = (record.get("eval") or {}).get(protocol)
+    return f"{result['top1']:.2f}%" if isinstance(result, dict) and "top1" in result else "n/a"
+
+
+def _method(record: dict) -> Optional[str]:
+    return (record.get("pruning") or {}).get("method")
+
+
+def train_command(record: dict) -> str:
+    """The ``training/<framework>.py`` command line that reproduces the recorded recipe."""
+    args = ["python", f"training/{record['framework']}.py", "--model", record["model"]]
+    if record.get("model_args"):
+        args += ["--model-args", json.dumps(record["model_args"])]
+    args += ["--dataset", str(record.get("dataset") or "sample")]
+    if record.get("split") not in (None, "train"):
+        args += ["--split", record["split"]]
+    if record.get("num_images") is not None:
+        args += ["--max-samples", str(record["num_images"])]
+    args += ["--image-size", str(record["image_size"]), "--batch-size", str(record["batch_size"]),
+             "--max-steps", str(record["steps"])]
+    for key in ("lr", "seed"):
+        if record.get(key) is not None:
+            args += [f"--{key}", str(record[key])]
+    pruning = dict(record.get("pruning") or {})
+    method = pruning.pop("method", None)
+    if method == "simwnw" and "keep_rate" not in pruning:
+        args.append("--simwnw")
+    elif method:
+        args += ["--token-pruning", method]
+    for key, value in pruning.items():
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        args += [flag, *map(str, value)] if isinstance(value, (list, tuple)) else [flag, str(value)]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def _limitations(record: dict) -> list:
+    lines = []
+    epochs = record.get("epochs")
+    epochs_text = f"{float(epochs):.2f} epochs" if epochs is not None else "an unknown number of epochs"
+    images = f" ({record['num_images']} images)" if record.get("num_images") else ""
+    lines.append(f"Trained {record['steps']} steps ({epochs_text}) on {record.get('hardware') or 'unknown hardware'} "
+                 f"on `{record.get('dataset')}`{images} at {record.get('image_size')} px. This is not a "
+                 f"reproduction of the SimWnW paper's {PAPER_EPOCHS}-epoch runs and its accuracy says little "
+                 f"about what the recipe reaches at full length.")
+    knn = (record.get("eval") or {}).get("knn")
+    if isinstance(knn, dict) and knn.get("num_test") is not None and knn["num_test"] < 1000:
+        lines.append(f"kNN top-1 was measured on {knn['num_test']} test images "
+                     f"({knn.get('num_train', '?')} in the memory bank): a noisy estimate.")
+    if not record.get("eval"):
+        lines.append("No evaluation result is attached to this checkpoint.")
+    if not record.get("final_checkpoint", True):
+        lines.append(f"`{record.get('checkpoint')}` is an intermediate checkpoint of its run; its FLOPs and time "
+                     "are the counters at that step.")
+    if _method(record):
+        lines.append("Pruning only changes training cost: single-image inference runs the full dense network, "
+                     "so inference FLOPs equal the dense encoder's.")
+        lines.append("Training FLOPs are counted, not timed: wall-clock savings depend on how well the hardware "
+                     "executes the sparse work, and the wall time above need not shrink with the FLOPs.")
+    return lines
+
+
+def _row(name: str, record: dict, dense_flops) -> dict:
+    flops = record.get("train_flops")
+    saving = "n/a"
+    if flops is not None and dense_flops:
+        saving = f"{100.0 * float(flops) / float(dense_flops):.1f}%"
+    return {"name": name, "knn": _top1(record, "knn"), "linear": _top1(record, "linear"), "flops": _flops(flops),
+            "saving": saving, "wall": _seconds(record.get("wall_time_s")), "hardware": record.get("hardware") or "n/a"}
+
+
+def _eval_results(record: dict, dataset_type: str, dataset_name: str) -> list:
+    results = []
+    names = {"knn": "kNN top-1", "linear": "linear-probe top-1"}
+    for protocol, result in sorted((record.get("eval") or {}).items()):
+        if not isinstance(result, dict) or "top1" not in result:
+            continue
+        args = {k: result[k] for k in ("k", "t", "epochs", "lr") if k in result}
+        label = names.get(protocol, f"{protocol} top-1")
+        if args:
+            label += " (" + ", ".join(f"{k}={v}" for k, v in args.items()) + ")"
+        results.append(EvalResult(
+            task_type="image-classification", task_name="Image Classification",
+            dataset_type=dataset_type, dataset_name=dataset_name,
+            dataset_split=result.get("test_split") or result.get("split"),
+            metric_type="accuracy", metric_name=label, metric_value=round(float(result["top1"]), 4),
+            metric_args=args or None))
+    return results
+
+
+def render_card(record: dict, config: dict, repo_id: str, baseline: Optional[dict] = None,
+                dataset_id: Optional[str] = None, license: Optional[str] = None,
+                how_made: Optional[str] = None, template_path=None) -> ModelCard:
+    """Render the model card of an exported encoder.
+
+    Args:
+        record: the training record (``simwnw_hf.hub.record.training_record``).
+        config: the exported ``config.json`` dict (architecture, num_features, pretrained_cfg).
+        repo_id: ``ORG/NAME`` used in the usage snippets and as the model-index name.
+        baseline: training record of the dense run to compare with (``--baseline-run``).
+        dataset_id: Hub dataset id for the metadata; guessed from the record when None.
+        license: defaults to the architecture's ``pretrained_cfg`` license.
+        how_made: shell commands that produced this folder (shown verbatim).
+    """
+    method = _method(record)
+    dataset_type = dataset_id or hub_dataset_id(record.get("dataset")) or Path(str(record.get("dataset"))).stem
+    dataset_name = f"{dataset_type} ({record.get('eval', {}).get('knn', {}).get('test_split', 'test')} split)"
+    framework = record.get("framework")
+    extras = {
+        "ssl_framework": framework,
+        "pruning_method": method or "none",
+        "training_flops": record.get("train_flops"),
+        "dense_training_flops": record.get("dense_train_flops"),
+        "flops_saving_pct": None if record.get("flops_saving_pct") is None else round(record["flops_saving_pct"], 2),
+        "overhead_flops": record.get("overhead_flops"),
+        "training_steps": record.get("steps"),
+        "training_wall_time_s": None if record.get("wall_time_s") is None else round(record["wall_time_s"], 1),
+    }
+    tags = ["image-feature-extraction", "timm", "transformers", "self-supervised-learning", "simwnw_hf",
+            str(framework), *([method] if method else ["dense"])]
+    datasets = [dataset_id or hub_dataset_id(record.get("dataset"))]
+    card_data = ModelCardData(
+        library_name="timm", pipeline_tag="image-feature-extraction", tags=tags,
+        datasets=[d for d in datasets if d] or None,
+        license=license or (config.get("pretrained_cfg") or {}).get("license") or "apache-2.0",
+        model_name=repo_id.split("/")[-1],
+        eval_results=_eval_results(record, dataset_type, dataset_name) or None,
+        **{k: v for k, v in extras.items() if v is not None},
+    )
+
+    rows = []
+    if baseline is not None:
+        rows.append(_row(f"dense baseline ({FRAMEWORK_NAMES.get(baseline.get('framework'), baseline.get('framework'))}"
+                         f", {baseline.get('steps')} steps)", baseline, record.get("dense_train_flops")))
+    rows.append(_row(f"**this encoder** ({PRUNING_NAMES.get(method, 'dense')}, {record.get('steps')} steps)",
+                     record, record.get("dense_train_flops")))
+    if baseline is None:
+        note = ("No dense baseline run was attached (`--baseline-run`); \"FLOPs vs dense\" compares with the "
+                "dense FLOPs metered on this run's own batches.")
+    else:
+        note = "Both runs use the same FLOPs meter; \"FLOPs vs dense\" is relative to this run's dense FLOPs."
+    protocols = []
+    for protocol, result in sorted((record.get("eval") or {}).items()):
+        if isinstance(result, dict):
+            detail = {k: v for k, v in result.items() if k not in ("top1", "model", "checkpoint", "random_init")}
+            protocols.append(f"`{protocol}`: " + ", ".join(f"{k}={v}" for k, v in detail.items()))
+    pruning_settings = {k: v for k, v in (record.get("pruning") or {}).items() if k != "method" and v is not None}
+    pruning_text = "none (dense)" if not method else (
+        f"{PRUNING_NAMES.get(method, method)} (" + ", ".join(f"{k}={v}" for k, v in pruning_settings.items()) + ")")
+    if record.get("mean_removal_ratio") is not None:
+        pruning_text += f"; mean removal ratio {record['mean_removal_ratio']:.3f}"
+    if record.get("mean_kept_token_ratio") is not None:
+        pruning_text += f"; mean kept-token ratio {record['mean_kept_token_ratio']:.3f}"
+    model_args = record.get("model_args") or {}
+    versions = record.get("versions") or {}
+    saving = record.get("flops_saving_pct")
+    batch = str(record.get("batch_size"))
+    if record.get("global_batch_size") not in (None, record.get("batch_size")):
+        batch += f" per process, {record['global_batch_size']} global"
+
+    template_kwargs = dict(
+        model_title=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        architecture=config["architecture"],
+        num_features=config.get("num_features"),
+        framework_name=FRAMEWORK_NAMES.get(framework, framework),
+        pruning_method=method,
+        pruning_name=PRUNING_NAMES.get(method, method) if method else None,
+        saving_pct_text="n/a" if saving is None else f"{saving:.1f}%",
+        pruning_text=pruning_text,
+        dataset_text=f"`{record.get('dataset')}` split `{record.get('split')}`"
+                     + (f", {record['num_images']} images" if record.get("num_images") else ""),
+        steps=record.get("steps"),
+        epochs_text="n/a" if record.get("epochs") is None else f"{float(record['epochs']):.2f}",
+        image_size=record.get("image_size"),
+        batch_size_text=batch,
+        lr_text="framework default (scaled by batch size / 256)" if record.get("lr") is None else str(record["lr"]),
+        seed_text=str(record.get("seed")),
+        hardware=record.get("hardware") or "n/a",
+        wall_time_text=_seconds(record.get("wall_time_s")),
+        checkpoint=record.get("checkpoint"),
+        final_checkpoint=record.get("final_checkpoint", True),
+        versions_text=", ".join(f"{k} {v}" for k, v in versions.items()) or "n/a",
+        git_commit=record.get("git_commit") or "unknown",
+        train_command=train_command(record),
+        overhead_text=_flops(record.get("overhead_flops")),
+        results_rows=rows,
+        results_note=note,
+        protocol_text="; ".join(protocols) or "none recorded.",
+        limitations=_limitations(record),
+        model_args_text=", ".join(f"{k}={v!r}" for k, v in model_args.items()),
+        how_made=how_made or (f"{train_command(record)}\n"
+                              f"python hub_upload.py RUN_DIR --repo-id {repo_id}"),
+    )
+    path = Path(template_path) if template_path is not None else TEMPLATE_PATH
+    if not path.is_file():
+        raise FileNotFoundError(f"model card template {path} not found")
+    return ModelCard.from_template(card_data, template_path=str(path), **template_kwargs)

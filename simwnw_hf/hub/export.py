@@ -1,0 +1,163 @@
+"""Turn a training run into a Hub-ready folder: ``model.safetensors`` + ``config.json`` + ``README.md``.
+
+The folder is what ``timm.models.save_for_hf`` writes for a headless encoder (so
+``timm.create_model("hf-hub:ORG/NAME", pretrained=True)`` and ``"local-dir:PATH"`` work), with two
+changes:
+
+* ``model_args`` carries no ``num_classes``. timm 1.0.31 records it there, and transformers'
+  ``TimmWrapperModel`` calls ``timm.create_model(arch, num_classes=0, **model_args)``, which then fails
+  with a duplicate-keyword ``TypeError``. The head size still travels as the root ``num_classes``
+  (read by both timm's ``_parse_model_cfg`` and ``TimmWrapperConfig``), so both libraries load it.
+* a ``training`` key holds the training record (``simwnw_hf.hub.record``), which is also stored,
+  JSON-encoded, in the safetensors header.
+
+The folder is written to a temporary sibling and renamed into place, so a crash never leaves a
+half-written export, and a non-empty ``out_dir`` is only replaced when ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Union
+
+import timm
+from timm.models._hub import save_config_for_hf
+import torch
+from safetensors.torch import load_file, save_file
+
+import simwnw_hf  # noqa: F401  (registers simwnw_* architectures with timm)
+
+from .card import render_card
+from .record import find_checkpoint, record_to_metadata, training_record
+
+__all__ = ["export_run", "build_encoder", "hub_config", "default_repo_id", "recipe_tag", "CONFIG_FILE", "CARD_FILE"]
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+CARD_FILE = "README.md"
+
+
+def _slug(text: str) -> str:
+    return "".join(ch for ch in str(text).lower() if ch.isalnum())
+
+
+def recipe_tag(record: dict) -> str:
+    """timm-style pretrained tag naming the recipe, e.g. ``simsiam_simwnw_cifar10``."""
+    from .card import hub_dataset_id
+
+    dataset = hub_dataset_id(record.get("dataset")) or Path(str(record.get("dataset"))).stem
+    method = (record.get("pruning") or {}).get("method") or "dense"
+    return "_".join(_slug(part) for part in (record["framework"], method, dataset.split("/")[-1]))
+
+
+def default_repo_id(record: dict, namespace: str = "simwnw-hf") -> str:
+    """``simwnw-hf/<model>.<tag>``: the id the architectures' default ``pretrained_cfg`` points at."""
+    return f"{namespace}/{record['model']}.{recipe_tag(record)}"
+
+
+def build_encoder(record: dict, state_dict: dict) -> torch.nn.Module:
+    """The headless timm encoder of the record with ``state_dict`` loaded strictly.
+
+    Raises a ValueError naming the offending keys when the weights do not fit the architecture.
+    """
+    name = record["model"]
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm architecture {name!r} in the run record")
+    model = timm.create_model(name, pretrained=False, num_classes=0, **(record.get("model_args") or {}))
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mis_shaped = [k for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or mis_shaped:
+        raise ValueError(f"weights do not load into {name} (num_classes=0, model_args={record.get('model_args')}): "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {mis_shaped[:5]}")
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()
+
+
+def hub_config(model: torch.nn.Module, record: dict) -> dict:
+    """``config.json``: timm's ``save_for_hf`` layout, loadable by timm and by transformers' AutoModel."""
+    size = int(record["image_size"])
+    tag = recipe_tag(record)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / CONFIG_FILE
+        save_config_for_hf(
+            model, str(path),
+            model_config={"pretrained_cfg": {"tag": tag}},
+            model_args=dict(record.get("model_args") or {}),
+            data_config={"input_size": (3, size, size)},
+        )
+        config = json.loads(path.read_text())
+    # TimmWrapperModel passes num_classes=0 itself: a second one in model_args is a TypeError.
+    config.get("model_args", {}).pop("num_classes", None)
+    config["training"] = record
+    return config
+
+
+def _write_folder(folder: Path, state_dict: dict, config: dict, card_text: str, record: dict) -> None:
+    metadata = {"format": "pt", "architecture": record["model"], **record_to_metadata(record)}
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(folder / WEIGHTS_FILE), metadata=metadata)
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    (folder / CARD_FILE).write_text(card_text)
+
+
+def _install(tmp: Path, out_dir: Path, overwrite: bool) -> None:
+    """Move the finished ``tmp`` folder to ``out_dir``; an old folder is removed only after the swap."""
+    old = None
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise FileExistsError(f"{out_dir} exists and is not a folder")
+        if any(out_dir.iterdir()):
+            if not overwrite:
+                raise FileExistsError(f"{out_dir} is not empty; pass overwrite=True (--force) to replace it")
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+        else:
+            out_dir.rmdir()
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint=None, *,
+               repo_id: Optional[str] = None, baseline_run: Union[None, str, Path] = None,
+               dataset_id: Optional[str] = None, license: Optional[str] = None, how_made: Optional[str] = None,
+               overwrite: bool = False) -> Path:
+    """Export one checkpoint of a training run as a Hub-ready folder.
+
+    Args:
+        run_dir: output dir of ``training/<framework>.py``.
+        out_dir: folder to create; an existing non-empty one is replaced only with ``overwrite=True``.
+        checkpoint: step, ``checkpoint-<step>`` name or path; None = newest complete checkpoint.
+        repo_id: ``ORG/NAME`` shown in the card; default ``simwnw-hf/<model>.<recipe tag>``.
+        baseline_run: run dir of the dense baseline for the card's results table.
+        dataset_id / license / how_made: card overrides (see ``render_card``).
+
+    Returns:
+        ``out_dir`` as a Path.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:  # fail before any work
+        raise FileExistsError(f"{out_dir} is not empty; pass overwrite=True (--force) to replace it")
+    ckpt = find_checkpoint(run_dir, checkpoint)
+    record = training_record(run_dir, ckpt)
+    state_dict = load_file(str(ckpt / WEIGHTS_FILE))
+    model = build_encoder(record, state_dict)
+    config = hub_config(model, record)
+    baseline = training_record(baseline_run) if baseline_run is not None else None
+    card = render_card(record, config, repo_id or default_repo_id(record), baseline=baseline,
+                       dataset_id=dataset_id, license=license, how_made=how_made)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        _write_folder(tmp, model.state_dict(), config, str(card), record)
+        _install(tmp, out_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
