@@ -1,2 +1,3 @@
 """timm model registrations; importing this module registers every ``simwnw_*`` model."""
 from .resnet import SimWnWResNet  # noqa: F401  (registers simwnw_resnet*)
+from .vit import SimWnWVisionTransformer  # noqa: F401  (registers simwnw_vit_*)

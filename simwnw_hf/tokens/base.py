@@ -1,0 +1,39 @@
+"""The two hooks a pair token pruner offers the ViT's pair path, as no-ops.
+
+A pruner is a small frozen settings object, not an ``nn.Module``: it has no weights and no state; the
+training progress and the tokens travel in the arguments and the return values (ToMe-style: a
+pruner that prunes nothing returns its inputs, so the pair path never branches).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from simwnw_hf.data.geometry import Geometry
+
+__all__ = ["PairTokenPruner", "PruneResult"]
+
+# (tokens of view 1, tokens of view 2, stats of this pruning step: overhead_flops and method ratios)
+PruneResult = Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]
+
+
+class PairTokenPruner:
+    """Base pruner: prunes nothing."""
+
+    name = "none"
+    needs_pixels = False            # before_blocks wants [0, 1] pixels of both views
+    prune_layers: Tuple[int, ...] = ()
+
+    def before_blocks(self, t1: torch.Tensor, t2: torch.Tensor, pixels1: Optional[torch.Tensor],
+                      pixels2: Optional[torch.Tensor], g1: Geometry, g2: Geometry, patch: int,
+                      num_prefix_tokens: int) -> PruneResult:
+        """Prune the embedded (pos-embedded) tokens (B, P + N, D) of both views before ``blocks[0]``."""
+        return t1, t2, {}
+
+    def at_block(self, block: nn.Module, t1: torch.Tensor, t2: torch.Tensor, progress: float,
+                 num_prefix_tokens: int) -> PruneResult:
+        """Prune the tokens entering ``block`` (called for the blocks in ``prune_layers`` only)."""
+        return t1, t2, {}

@@ -1,0 +1,117 @@
+"""SimWnW token removal for ViTs (SimWnW paper App. A.4).
+
+"ViT naturally divides the image into many tokens, typically in the size of 16x16. Therefore,
+removing similar blocks can be directly achieved by removing similar input tokens, resulting in a
+reduced input sequence length." We run the CNN block matcher
+(:func:`simwnw_hf.simwnw.block_matching.match_blocks`) with ``block = search_step = patch size``: every
+view-1 patch is a block, its search window sits around its geometric counterpart in view 2 (§4.1,
+App. B: window side ``2 * patch`` by default) and candidates lie on view 2's patch grid, so a match *is*
+a view-2 token. A pair with PSNR >= threshold (20 dB, §5) is similar: the view-1 token and the view-2
+token it matched are dropped before the first block.
+
+Equal lengths per batch (no padding): every sample of a view keeps ``k`` tokens, ``k`` = the largest
+number of dissimilar tokens of any sample in the batch (at least 1). A sample with more similar tokens
+than that keeps its least similar ones (lowest PSNR) to fill up to ``k``; a dissimilar token is never
+dropped. The two views get their own ``k`` (a view-2 token can be the match of several view-1 tokens,
+so view 2 usually loses fewer tokens) and run through the blocks as separate calls, as in the dense step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+
+from simwnw_hf.data.geometry import Geometry
+from simwnw_hf.simwnw.block_matching import BlockMatch, match_blocks
+
+from .base import PairTokenPruner, PruneResult
+from .gather import keep_tokens
+
+__all__ = ["TokenMatch", "token_scores", "keep_least_similar", "match_tokens", "SimWnWTokenDrop"]
+
+
+@dataclass
+class TokenMatch:
+    """Which patch tokens of each view to keep, and the matching that decided it."""
+
+    keep1: torch.Tensor      # (B, k1) long: kept view-1 patch tokens, ascending
+    keep2: torch.Tensor      # (B, k2) long: kept view-2 patch tokens, ascending
+    similar1: torch.Tensor   # (B, N1) bool: view-1 tokens with a similar match
+    similar2: torch.Tensor   # (B, N2) bool: view-2 tokens matched by a similar view-1 token
+    match: BlockMatch
+
+
+def token_scores(match: BlockMatch, grid2: Tuple[int, int], patch: int):
+    """Per-token similarity of both views from a patch-aligned block match.
+
+    View 1: the PSNR of its best match. View 2: the highest PSNR of the view-1 tokens that matched it
+    (``-inf`` when none did). Returns ``score1 (B, N1), score2 (B, N2), similar1, similar2``.
+    """
+    batch, nb = match.psnr.shape
+    if bool((match.match_yx % patch).any()):
+        raise ValueError("block matches are not on the patch grid; match with search_step = patch size")
+    gw2 = grid2[1]
+    target = (match.match_yx[..., 0] // patch) * gw2 + match.match_yx[..., 1] // patch      # (B, nb) view-2 token
+    n2 = grid2[0] * grid2[1]
+    score1 = match.psnr.float()
+    score2 = torch.full((batch, n2), float("-inf"), device=score1.device)
+    score2.scatter_reduce_(1, target, score1, reduce="amax")                                 # (B, N2)
+    hits = torch.zeros(batch, n2, dtype=torch.int32, device=score1.device)
+    hits.scatter_add_(1, target, match.similar.to(torch.int32))                             # (B, N2)
+    return score1, score2, match.similar, hits > 0
+
+
+def keep_least_similar(score: torch.Tensor, similar: torch.Tensor, min_keep: int = 1) -> torch.Tensor:
+    """Indices (B, k) of the ``k`` least similar tokens per sample, ascending.
+
+    ``k = max(min_keep, max_b #dissimilar_b)``: every dissimilar token is kept (its score is below
+    every similar token's), and samples with fewer dissimilar tokens fill up with their least similar
+    ones. score: (B, N) float; similar: (B, N) bool.
+    """
+    n = score.shape[1]
+    k = min(n, max(int(min_keep), int((~similar).sum(dim=1).max()) if similar.numel() else 0))
+    # lexicographic (similar, score): two stable sorts; dissimilar tokens always come first
+    order = torch.argsort(torch.nan_to_num(score, nan=float("inf")), dim=1, stable=True)        # (B, N)
+    order = order.gather(1, torch.argsort(similar.gather(1, order).to(torch.int8), dim=1, stable=True))
+    order = order[:, :k]                                                                     # (B, k)
+    return order.sort(dim=1).values
+
+
+def match_tokens(pixels1: torch.Tensor, pixels2: torch.Tensor, g1: Geometry, g2: Geometry, patch: int,
+                 psnr_threshold: float = 20.0, search_window: Optional[int] = None,
+                 search_method: str = "diamond", min_keep: int = 1) -> TokenMatch:
+    """Match the patches of two views of [0, 1] pixels and choose the tokens to keep (App. A.4)."""
+    for name, x in (("view 1", pixels1), ("view 2", pixels2)):
+        if x.shape[-2] % patch or x.shape[-1] % patch:
+            raise ValueError(f"{name} is {x.shape[-2]}x{x.shape[-1]}, not a multiple of the patch size {patch}")
+    match = match_blocks(pixels1, pixels2, g1, g2, block_size=patch, psnr_threshold=psnr_threshold,
+                         search_window=search_window, search_step=patch, method=search_method)
+    grid2 = (pixels2.shape[-2] // patch, pixels2.shape[-1] // patch)
+    score1, score2, similar1, similar2 = token_scores(match, grid2, patch)
+    return TokenMatch(keep1=keep_least_similar(score1, similar1, min_keep),
+                      keep2=keep_least_similar(score2, similar2, min_keep),
+                      similar1=similar1, similar2=similar2, match=match)
+
+
+@dataclass(frozen=True)
+class SimWnWTokenDrop(PairTokenPruner):
+    """Drop the tokens of similar patch pairs from both views before ``blocks[0]`` (App. A.4)."""
+
+    psnr_threshold: float = 20.0
+    search_window: Optional[int] = None     # default 2 * patch (App. B)
+    search_method: str = "diamond"
+    min_keep: int = 1
+
+    name = "simwnw"
+    needs_pixels = True
+
+    def before_blocks(self, t1, t2, pixels1, pixels2, g1, g2, patch, num_prefix_tokens) -> PruneResult:
+        with torch.no_grad():
+            sel = match_tokens(pixels1, pixels2, g1, g2, patch, self.psnr_threshold, self.search_window,
+                               self.search_method, self.min_keep)
+        batch = t1.shape[0]
+        stats = {"overhead_flops": float(sel.match.overhead_flops),
+                 "removal_ratio": float(sel.match.removal_ratio) * batch}
+        return keep_tokens(t1, sel.keep1, num_prefix_tokens), keep_tokens(t2, sel.keep2, num_prefix_tokens), stats
