@@ -72,7 +72,8 @@ class ConvRecord:
 
 @dataclass(frozen=True)
 class MaskRecord:
-    """Removed masks of each view after a named stage (``input``, ``stem``, ``layer1``..)."""
+    """Removed masks of each view after a named stage (``input``, ``stem``, ``layer1``..) or of a
+    conv input after waxing (``<conv name>:waxed``)."""
 
     name: str
     removed1: torch.Tensor
@@ -161,6 +162,7 @@ def _conv(name: str, conv: nn.Module, hs, rs, trace: list, expand: Optional[Expa
     if expand is not None and len(hs) == 2 and max(conv.kernel_size) > 1:
         rs, overhead = expand(name, list(hs), list(rs))
         trace.append(WaxRecord(name, overhead))
+        _record(trace, f"{name}:waxed", rs)
     ys, outs, active, dense = [], [], 0, 0
     input_grad = False
     for h, r in zip(hs, rs):

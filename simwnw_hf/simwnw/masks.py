@@ -248,6 +248,13 @@ def pair_expander(src_yx: torch.Tensor, match_yx: torch.Tensor, similar: torch.T
     return expand
 
 
+def _mask_entry(name: str, rec) -> dict:
+    m1, m2 = rec.removed1[0].cpu(), rec.removed2[0].cpu()  # (C|1, H, W) of the single pair
+    if name == "input":
+        m1, m2 = m1[0], m2[0]
+    return {"name": name, "mask1": m1, "mask2": m2}
+
+
 def stage_masks(model, x1: torch.Tensor, x2: torch.Tensor, g1, g2, **settings) -> list[dict]:
     """Per-stage removed masks of one image pair after waxing-and-waning (for the visualiser).
 
@@ -256,9 +263,10 @@ def stage_masks(model, x1: torch.Tensor, x2: torch.Tensor, g1, g2, **settings) -
     arguments (block_size, psnr_threshold, search_window, max_rings). Runs without gradient and with
     BatchNorm in eval mode (running statistics), so the model is left untouched.
 
-    Returns ``[dict(name, mask1, mask2), ...]`` for ``input`` (masks (H, W)), ``stem`` and
-    ``layer1``..``layer4`` (masks (C, H, W): the stage output, per channel), in forward order.
-    ``mask*`` are CPU bool tensors, ``True`` = removed.
+    Returns ``[dict(name, mask1, mask2), ...]`` in forward order: ``input`` (masks (H, W)), ``stem``,
+    then per stage ``layerN waxed`` (the input of the stage's last spatial conv after waxing, per
+    channel (C, H, W)) and ``layerN`` (the stage output, (C, H, W) or (1, H, W) when one mask holds
+    for all channels). ``mask*`` are CPU bool tensors, ``True`` = removed.
     """
     from simwnw_hf.simwnw.masked_exec import MaskRecord  # local: masked_exec imports this module
 
@@ -275,11 +283,15 @@ def stage_masks(model, x1: torch.Tensor, x2: torch.Tensor, g1, g2, **settings) -
             _, _, trace = model.run_pair(x1, x2, g1, g2, **settings)
     finally:
         model.train(was_training)
-    out = []
+    out, waxed = [], None
     for rec in trace:
-        if isinstance(rec, MaskRecord):
-            m1, m2 = rec.removed1[0].cpu(), rec.removed2[0].cpu()
-            if rec.name == "input":
-                m1, m2 = m1[0], m2[0]
-            out.append({"name": rec.name, "mask1": m1, "mask2": m2})
+        if not isinstance(rec, MaskRecord):
+            continue
+        if rec.name.endswith(":waxed"):
+            waxed = rec  # keep the last waxed conv input of the running stage
+            continue
+        if rec.name.startswith("layer") and waxed is not None:
+            out.append(_mask_entry(f"{rec.name} waxed", waxed))
+        waxed = None
+        out.append(_mask_entry(rec.name, rec))
     return out
