@@ -12,3 +12,6 @@ from .block_matching import (  # noqa: F401
     removal_masks,
     search_lattice,
 )
+from .masks import wane, wax, block_correspondence, pair_expander, stage_masks  # noqa: F401  (§4.2)
+from .masked_exec import masked_forward_features, masked_batch_norm, masked_conv2d  # noqa: F401
+from .flops import dense_model_flops, trace_flops  # noqa: F401
