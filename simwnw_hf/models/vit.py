@@ -22,7 +22,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 
 from simwnw_hf.data.geometry import Geometry
 from simwnw_hf.data.views import denormalize
-from simwnw_hf.tokens import PairTokenPruner, build_pair_pruner, vit_flops
+from simwnw_hf.tokens import PairTokenPruner, TokenGroup, build_pair_pruner, vit_flops
 
 __all__ = ["SimWnWVisionTransformer"]
 
@@ -43,11 +43,13 @@ class SimWnWVisionTransformer(VisionTransformer):
     def configure_pair_pruning(self, method: str = "simwnw", psnr_threshold: float = 20.0,
                                search_window: Optional[int] = None, prune_layers: Sequence[int] = (4, 7, 10),
                                keep_rate: float = 0.8, difficulty_span: float = 0.5,
-                               search_method: str = "diamond", enabled: bool = True) -> "SimWnWVisionTransformer":
+                               search_method: str = "diamond", token_groups: int = 4,
+                               enabled: bool = True) -> "SimWnWVisionTransformer":
         """Choose the pruning of :meth:`forward_pair` (see :func:`simwnw_hf.tokens.build_pair_pruner`).
 
         method: ``"simwnw"`` (PSNR-similar patch pairs dropped before ``blocks[0]``; uses
-        ``psnr_threshold``, ``search_window``, ``search_method``), ``"simprune"`` or ``"evit"`` (at the
+        ``psnr_threshold``, ``search_window``, ``search_method``, and ``token_groups`` equal-length
+        chunks per view for the variable lengths), ``"simprune"`` or ``"evit"`` (at the
         input of ``blocks[l]`` for ``l`` in ``prune_layers``, 0-based, keeping ``keep_rate`` of the
         tokens each time; SimPrune's schedule uses ``difficulty_span``).
         """
@@ -55,7 +57,7 @@ class SimWnWVisionTransformer(VisionTransformer):
         self.pair_pruner = build_pair_pruner(method, depth=len(self.blocks), psnr_threshold=psnr_threshold,
                                              search_window=search_window, prune_layers=prune_layers,
                                              keep_rate=keep_rate, difficulty_span=difficulty_span,
-                                             search_method=search_method)
+                                             search_method=search_method, token_groups=token_groups)
         self.pair_pruning_enabled = bool(enabled)
         return self
 
@@ -99,37 +101,57 @@ class SimWnWVisionTransformer(VisionTransformer):
 
         t1 = self._pos_embed(self.patch_embed(x1))                                  # (B, P + N, D)
         t2 = self._pos_embed(self.patch_embed(x2))
+        views = [[TokenGroup(None, t1)], [TokenGroup(None, t2)]]
         if pruner.needs_pixels:
             if g1 is None or g2 is None:
                 raise ValueError(f"{pruner.name} token pruning needs the crop/flip geometry of both views")
             patch = self.patch_embed.patch_size
             if patch[0] != patch[1]:
                 raise ValueError(f"{pruner.name} token pruning needs square patches, got {patch}")
-            t1, t2, info = pruner.before_blocks(t1, t2, self._pixels(x1), self._pixels(x2), g1, g2, patch[0], prefix)
+            groups1, groups2, info = pruner.before_blocks(t1, t2, self._pixels(x1), self._pixels(x2), g1, g2,
+                                                          patch[0], prefix)
+            views = [groups1, groups2]
             add(info)
-        t1, t2 = self.norm_pre(self.patch_drop(t1)), self.norm_pre(self.patch_drop(t2))
+        views = [[g._replace(tokens=self.norm_pre(self.patch_drop(g.tokens))) for g in v] for v in views]
 
-        seq1, seq2 = [], []
+        lengths = [[[] for _ in v] for v in views]          # lengths[view][group][block]
         for i, block in enumerate(self.blocks):
             if i in pruner.prune_layers:
-                t1, t2, info = pruner.at_block(block, t1, t2, self.pair_progress, prefix)
+                if len(views[0]) != 1 or len(views[1]) != 1:
+                    raise RuntimeError("in-network pruning needs each view as one tensor")
+                t1, t2, info = pruner.at_block(block, views[0][0].tokens, views[1][0].tokens, self.pair_progress, prefix)
+                views = [[views[0][0]._replace(tokens=t1)], [views[1][0]._replace(tokens=t2)]]
                 add(info)
-            seq1.append(t1.shape[1])
-            seq2.append(t2.shape[1])
-            t1, t2 = self._block(block, t1), self._block(block, t2)
-        f1 = self.forward_head(self.norm(t1), pre_logits=True)
-        f2 = self.forward_head(self.norm(t2), pre_logits=True)
+            for v, view in enumerate(views):
+                for g, group in enumerate(view):
+                    lengths[v][g].append(group.tokens.shape[1])
+                    view[g] = group._replace(tokens=self._block(block, group.tokens))
+        f1, f2 = (self._pool_groups(view) for view in views)
 
         flops = vit_flops(self)
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        dense_seq = flops.num_patches + prefix
+        kept = 2 * flops.embed(batch, grad)
+        token_blocks = 0
+        for view, view_lengths in zip(views, lengths):
+            for group, seqs in zip(view, view_lengths):
+                size = group.tokens.shape[0]
+                kept += flops.blocks(size, seqs, grad)
+                token_blocks += size * sum(seqs)
         stats.update(
             dense_flops=2 * flops.dense(batch, grad),
-            kept_flops=2 * flops.embed(batch, grad) + flops.blocks(batch, seq1, grad) + flops.blocks(batch, seq2, grad),
-            kept_token_ratio=batch * (sum(seq1) + sum(seq2)) / (2.0 * len(self.blocks) * dense_seq),
+            kept_flops=kept,
+            kept_token_ratio=token_blocks / (2.0 * len(self.blocks) * (flops.num_patches + prefix)),
             pairs=float(batch),
         )
         return f1, f2, stats
+
+    def _pool_groups(self, groups) -> torch.Tensor:
+        """Pooled pre-logits features of token groups, back in batch order."""
+        feats = [self.forward_head(self.norm(g.tokens), pre_logits=True) for g in groups]   # [(b, F)]
+        if len(groups) == 1 and groups[0].index is None:
+            return feats[0]
+        index = torch.cat([g.index for g in groups])                                         # (B,) batch positions
+        return torch.cat(feats)[torch.argsort(index)]
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> SimWnWVisionTransformer:

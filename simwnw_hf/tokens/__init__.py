@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
-from .base import PairTokenPruner, PruneResult  # noqa: F401
+from .base import PairTokenPruner, PruneResult, TokenGroup  # noqa: F401
 from .evit import EViT
 from .flops import ViTFlops, flop_counter, vit_flops  # noqa: F401
 from .gather import keep_tokens  # noqa: F401
@@ -23,7 +23,7 @@ PRUNING_METHODS = ("simwnw", "simprune", "evit")
 def build_pair_pruner(method: str = "simwnw", depth: int = 12, psnr_threshold: float = 20.0,
                       search_window: Optional[int] = None, prune_layers: Sequence[int] = (4, 7, 10),
                       keep_rate: float = 0.8, difficulty_span: float = 0.5,
-                      search_method: str = "diamond") -> PairTokenPruner:
+                      search_method: str = "diamond", token_groups: int = 4) -> PairTokenPruner:
     """Validated pruner for ``method``; settings another method uses are accepted and ignored.
 
     ``prune_layers`` are 0-based block indices: tokens are pruned at the input of ``blocks[l]``, so the
@@ -34,11 +34,13 @@ def build_pair_pruner(method: str = "simwnw", depth: int = 12, psnr_threshold: f
     if method == "simwnw":
         if not math.isfinite(float(psnr_threshold)):
             raise ValueError(f"psnr_threshold must be a finite number of dB, got {psnr_threshold}")
+        if int(token_groups) < 1:
+            raise ValueError(f"token_groups must be a positive integer, got {token_groups}")
         if search_window is not None and int(search_window) < 1:
             raise ValueError(f"search_window must be a positive number of pixels, got {search_window}")
         return SimWnWTokenDrop(psnr_threshold=float(psnr_threshold),
                                search_window=None if search_window is None else int(search_window),
-                               search_method=search_method)
+                               search_method=search_method, groups=int(token_groups))
     if not 0.0 < float(keep_rate) <= 1.0:
         raise ValueError(f"keep_rate must be in (0, 1], got {keep_rate}")
     layers = tuple(sorted({int(layer) for layer in prune_layers}))

@@ -7,17 +7,27 @@ pruner that prunes nothing returns its inputs, so the pair path never branches).
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from simwnw_hf.data.geometry import Geometry
 
-__all__ = ["PairTokenPruner", "PruneResult"]
+__all__ = ["PairTokenPruner", "PruneResult", "GroupResult", "TokenGroup"]
+
+
+class TokenGroup(NamedTuple):
+    """Samples of a batch that share one sequence length, run through the blocks as one tensor."""
+
+    index: Optional[torch.Tensor]   # (b,) long: their positions in the batch; None = the whole batch in order
+    tokens: torch.Tensor            # (b, P + k, D)
+
 
 # (tokens of view 1, tokens of view 2, stats of this pruning step: overhead_flops and method ratios)
 PruneResult = Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]
+# the same with each view split into groups of equal length (SimWnW token removal)
+GroupResult = Tuple[List[TokenGroup], List[TokenGroup], Dict[str, float]]
 
 
 class PairTokenPruner:
@@ -29,9 +39,12 @@ class PairTokenPruner:
 
     def before_blocks(self, t1: torch.Tensor, t2: torch.Tensor, pixels1: Optional[torch.Tensor],
                       pixels2: Optional[torch.Tensor], g1: Geometry, g2: Geometry, patch: int,
-                      num_prefix_tokens: int) -> PruneResult:
-        """Prune the embedded (pos-embedded) tokens (B, P + N, D) of both views before ``blocks[0]``."""
-        return t1, t2, {}
+                      num_prefix_tokens: int) -> GroupResult:
+        """Prune the embedded (pos-embedded) tokens (B, P + N, D) of both views before ``blocks[0]``.
+
+        Samples may end up with different lengths; they come back as groups of equal length.
+        """
+        return [TokenGroup(None, t1)], [TokenGroup(None, t2)], {}
 
     def at_block(self, block: nn.Module, t1: torch.Tensor, t2: torch.Tensor, progress: float,
                  num_prefix_tokens: int) -> PruneResult:

@@ -39,7 +39,7 @@ def class_attention(x: torch.Tensor, norm: nn.Module, attn: nn.Module, num_prefi
     Exactly the class row of ``softmax(q k^T / sqrt(d))`` that ``attn(norm(x))`` computes inside.
     x: (B, P + n, D) -> (B, n)
     """
-    y = norm(x)                                                                   # (B, N, D)
+    y = norm(x.detach())                                                          # (B, N, D)
     a, heads, hd = attn.attn_dim, attn.num_heads, attn.head_dim
     w, b = attn.qkv.weight, attn.qkv.bias
     q = F.linear(y[:, :1], w[:a], None if b is None else b[:a])                   # (B, 1, a)

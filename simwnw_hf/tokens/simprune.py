@@ -136,7 +136,7 @@ class SimPrune(PairTokenPruner):
         if prune_count(n, self.keep_rate) == 0:
             return t1, t2, {}
         with torch.no_grad():
-            sim = cross_similarity(block.norm1(t1[:, p:]), block.norm1(t2[:, p:]))     # (B, n, n)
+            sim = cross_similarity(block.norm1(t1[:, p:].detach()), block.norm1(t2[:, p:].detach()))   # (B, n, n)
             keep1, keep2, _ = simprune_select(sim, self.keep_rate, progress, self.difficulty_span)
         overhead = cross_similarity_flops(t1.shape[0], n, n, t1.shape[2])
         return keep_tokens(t1, keep1, p), keep_tokens(t2, keep2, p), {"overhead_flops": overhead}

@@ -9,27 +9,33 @@ App. B: window side ``2 * patch`` by default) and candidates lie on view 2's pat
 a view-2 token. A pair with PSNR >= threshold (20 dB, §5) is similar: the view-1 token and the view-2
 token it matched are dropped before the first block.
 
-Equal lengths per batch (no padding): every sample of a view keeps ``k`` tokens, ``k`` = the largest
-number of dissimilar tokens of any sample in the batch (at least 1). A sample with more similar tokens
-than that keeps its least similar ones (lowest PSNR) to fill up to ``k``; a dissimilar token is never
-dropped. The two views get their own ``k`` (a view-2 token can be the match of several view-1 tokens,
-so view 2 usually loses fewer tokens) and run through the blocks as separate calls, as in the dense step.
+Variable lengths without padding: samples differ in how many similar tokens they have. The samples
+of a view are sorted by the number of tokens they need (their dissimilar tokens) and split into
+``groups`` equal chunks (:func:`split_by_need`); each chunk is one tensor in which every sample keeps
+``k`` = the largest need in the chunk (at least 1). A sample that needs fewer keeps its least similar
+similar tokens (lowest PSNR) to fill up to ``k``; a dissimilar token is never dropped. No padding token
+or attention mask exists; the only waste is those fill tokens, bounded by the spread of needs within a
+chunk (``groups = 1``: one tensor, ``k`` = the batch maximum, so a single sample with nothing similar
+cancels the saving of the whole batch; ``groups = B``: no waste, one block call per sample). Each chunk
+runs through timm's blocks as its own call and the features are put back in batch order. The two views
+are split independently (a view-2 token can be the match of several view-1 tokens, so view 2 usually
+loses fewer tokens).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
 from simwnw_hf.data.geometry import Geometry
 from simwnw_hf.simwnw.block_matching import BlockMatch, match_blocks
 
-from .base import PairTokenPruner, PruneResult
+from .base import GroupResult, PairTokenPruner, TokenGroup
 from .gather import keep_tokens
 
-__all__ = ["TokenMatch", "token_scores", "keep_least_similar", "match_tokens", "SimWnWTokenDrop"]
+__all__ = ["TokenMatch", "token_scores", "keep_least_similar", "split_by_need", "match_tokens", "SimWnWTokenDrop"]
 
 
 @dataclass
@@ -79,6 +85,14 @@ def keep_least_similar(score: torch.Tensor, similar: torch.Tensor, min_keep: int
     return order.sort(dim=1).values
 
 
+def split_by_need(similar: torch.Tensor, groups: int) -> List[torch.Tensor]:
+    """Sample indices sorted by the number of dissimilar tokens, cut into ``groups`` near-equal chunks."""
+    if groups < 1:
+        raise ValueError(f"groups must be a positive integer, got {groups}")
+    order = torch.argsort((~similar).sum(dim=1), stable=True)                              # (B,) ascending need
+    return [chunk for chunk in torch.tensor_split(order, min(groups, order.numel())) if chunk.numel()]
+
+
 def match_tokens(pixels1: torch.Tensor, pixels2: torch.Tensor, g1: Geometry, g2: Geometry, patch: int,
                  psnr_threshold: float = 20.0, search_window: Optional[int] = None,
                  search_method: str = "diamond", min_keep: int = 1) -> TokenMatch:
@@ -103,15 +117,24 @@ class SimWnWTokenDrop(PairTokenPruner):
     search_window: Optional[int] = None     # default 2 * patch (App. B)
     search_method: str = "diamond"
     min_keep: int = 1
+    groups: int = 4                         # equal-length chunks per view (see module doc)
 
     name = "simwnw"
     needs_pixels = True
 
-    def before_blocks(self, t1, t2, pixels1, pixels2, g1, g2, patch, num_prefix_tokens) -> PruneResult:
+    def before_blocks(self, t1, t2, pixels1, pixels2, g1, g2, patch, num_prefix_tokens) -> GroupResult:
         with torch.no_grad():
             sel = match_tokens(pixels1, pixels2, g1, g2, patch, self.psnr_threshold, self.search_window,
                                self.search_method, self.min_keep)
-        batch = t1.shape[0]
+            grid2 = (pixels2.shape[-2] // patch, pixels2.shape[-1] // patch)
+            score1, score2, similar1, similar2 = token_scores(sel.match, grid2, patch)
+        views = []
+        for t, score, similar in ((t1, score1, similar1), (t2, score2, similar2)):
+            chunks = []
+            for index in split_by_need(similar, self.groups):
+                keep = keep_least_similar(score[index], similar[index], self.min_keep)          # (b, k)
+                chunks.append(TokenGroup(index, keep_tokens(t[index], keep, num_prefix_tokens)))
+            views.append(chunks)
         stats = {"overhead_flops": float(sel.match.overhead_flops),
-                 "removal_ratio": float(sel.match.removal_ratio) * batch}
-        return keep_tokens(t1, sel.keep1, num_prefix_tokens), keep_tokens(t2, sel.keep2, num_prefix_tokens), stats
+                 "removal_ratio": float(sel.match.removal_ratio) * t1.shape[0]}
+        return views[0], views[1], stats

@@ -1,0 +1,385 @@
+"""Token pruning of simwnw_vit_*: SimWnW token removal, SimPrune, EViT, against slow references."""
+
+import math
+
+import pytest
+import timm
+import torch
+from torch.utils.data import default_collate
+
+import simwnw_hf  # noqa: F401
+from simwnw_hf.data.geometry import make_geometry
+from simwnw_hf.data.views import denormalize
+from simwnw_hf.ssl.pair import encode_pair
+from simwnw_hf.tokens import flop_counter
+from simwnw_hf.tokens.evit import class_attention, evit_reorganize
+from simwnw_hf.tokens.gather import keep_tokens
+from simwnw_hf.tokens.simprune import difficulty_offset, match_pairs, prune_count, simprune_select
+from simwnw_hf.tokens.simwnw import keep_least_similar, match_tokens, token_scores
+
+TINY = dict(img_size=32, patch_size=8, depth=4, embed_dim=64, num_heads=2)
+PATCH = 8
+METHODS = ("simwnw", "simprune", "evit")
+
+
+def _model(**kwargs):
+    torch.manual_seed(0)
+    return timm.create_model("simwnw_vit_tiny_patch16_224", num_classes=0, **dict(TINY, **kwargs))
+
+
+def _views(model, batch=3, seed=0):
+    """Two 32px views cut (no resize) from 64px sources: view 2 = view 1 shifted by one patch, so the
+    overlap matches exactly; each sample has a different amount of overlap-with-noise, so the samples
+    differ in how many tokens are similar."""
+    gen = torch.Generator().manual_seed(seed)
+    src = torch.rand(batch, 3, 64, 64, generator=gen)
+    x1 = src[:, :, :32, :32].clone()
+    x2 = src[:, :, 8:40, 8:40].clone()
+    for b in range(batch):   # corrupt b+1 rows of patches of view 2: those tokens stop matching
+        x2[b, :, : 8 * (b + 1)] = torch.rand(3, 8 * (b + 1), 32, generator=gen)
+    geo = lambda top, left: make_geometry(top, left, 32, 32, False, (32, 32), (64, 64))  # noqa: E731
+    g1 = default_collate([geo(0, 0)] * batch)
+    g2 = default_collate([geo(8, 8)] * batch)
+    mean = torch.tensor(model.pretrained_cfg["mean"]).view(3, 1, 1)
+    std = torch.tensor(model.pretrained_cfg["std"]).view(3, 1, 1)
+    return (x1 - mean) / std, (x2 - mean) / std, g1, g2
+
+
+def _block_inputs(model, layer):
+    seen = []
+    handle = model.blocks[layer].register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    return seen, handle
+
+
+def _gather_ref(x, keep, prefix=1):
+    """Slow keep_tokens: a loop over samples and indices."""
+    rows = []
+    for b in range(x.shape[0]):
+        rows.append(torch.stack([x[b, i] for i in range(prefix)] + [x[b, prefix + int(i)] for i in keep[b]]))
+    return torch.stack(rows)
+
+
+# ---------------------------------------------------------------- single-image path and dense pair path
+
+def test_pruning_never_changes_single_image_path():
+    model = _model().train()
+    x = torch.randn(2, 3, 32, 32)
+    before = model(x).detach()
+    for method in METHODS:
+        model.configure_pair_pruning(method=method, prune_layers=(1, 2), keep_rate=0.5)
+        model.set_progress(0.7)
+        assert model.pair_pruning_enabled
+        assert torch.equal(model(x).detach(), before)
+        assert torch.equal(model.forward_features(x).detach(), model.forward_features(x).detach())
+
+
+def test_disabled_pair_path_is_the_dense_model():
+    model = _model().eval()
+    x1, x2, g1, g2 = _views(model)
+    model.configure_pair_pruning(method="evit", enabled=False, prune_layers=(1,))
+    f1, f2, stats = model.forward_pair(x1, x2, g1, g2)
+    assert torch.allclose(f1, model(x1), atol=1e-6) and torch.allclose(f2, model(x2), atol=1e-6)
+    assert stats["kept_flops"] == stats["dense_flops"] and stats["kept_token_ratio"] == stats["pairs"] == 3
+    # encode_pair leaves a disabled encoder alone and calls forward_pair on an enabled one
+    assert encode_pair(model, x1, x2, g1, g2)[2] == {}
+    model.configure_pair_pruning(method="evit", prune_layers=(1,))
+    assert encode_pair(model, x1, x2, g1, g2)[2]["kept_token_ratio"] < 3
+
+
+# ---------------------------------------------------------------- gathering and SimWnW token removal
+
+def test_keep_tokens_matches_loop_with_hand_made_masks():
+    x = torch.randn(2, 1 + 6, 5)
+    keep = torch.tensor([[0, 2, 5], [1, 3, 4]])
+    assert torch.equal(keep_tokens(x, keep, 1), _gather_ref(x, keep))
+    with pytest.raises(ValueError, match="keep must be"):
+        keep_tokens(x, keep[0], 1)
+
+
+def test_keep_least_similar_policy():
+    score = torch.tensor([[30.0, 10.0, 25.0, float("inf")], [5.0, 21.0, 22.0, 1.0]])
+    similar = score >= 20
+    keep = keep_least_similar(score, similar)
+    # sample 0 has 1 dissimilar token, sample 1 has 2: k = 2 for both; sample 0 fills with its least similar
+    assert keep.tolist() == [[1, 2], [0, 3]]
+    assert keep_least_similar(torch.full((1, 3), 50.0), torch.ones(1, 3, dtype=torch.bool)).shape == (1, 1)
+
+
+def test_simwnw_token_scores_agree_with_pixel_masks():
+    model = _model()
+    x1, x2, g1, g2 = _views(model)
+    p1, p2 = (denormalize(x, model.pretrained_cfg["mean"], model.pretrained_cfg["std"]) for x in (x1, x2))
+    sel = match_tokens(p1, p2, g1, g2, PATCH)
+    pooled2 = sel.match.mask2.view(3, 4, 8, 4, 8).any(dim=4).any(dim=2).reshape(3, 16)     # any pixel of a patch
+    pooled1 = sel.match.mask1.view(3, 4, 8, 4, 8).any(dim=4).any(dim=2).reshape(3, 16)
+    assert torch.equal(pooled2, sel.similar2) and torch.equal(pooled1, sel.similar1)
+    # the exactly shared region is found: view-1 patches (r, c) with r, c >= 1 equal view-2 patch (r-1, c-1)
+    assert sel.similar1.sum(dim=1).tolist() == [6, 3, 0]
+    k1 = int((~sel.similar1).sum(dim=1).max())
+    assert sel.keep1.shape == (3, k1)
+    for b in range(3):
+        assert set((~sel.similar1[b]).nonzero().flatten().tolist()) <= set(sel.keep1[b].tolist())
+    score1, score2, _, sim2 = token_scores(sel.match, (4, 4), PATCH)
+    assert torch.equal(sim2, score2 >= 20.0) and torch.equal(sel.similar1, score1 >= 20.0)
+
+
+@pytest.mark.parametrize("groups", (1, 3))
+def test_simwnw_pruned_forward_equals_dense_restricted_to_kept_tokens(groups):
+    model = _model().eval()
+    x1, x2, g1, g2 = _views(model)
+    seen, handle = _block_inputs(model, 0)
+    with torch.no_grad():
+        model.forward_features(x1)
+        model.forward_features(x2)
+        dense_in = list(seen)
+        seen.clear()
+        model.configure_pair_pruning(method="simwnw", token_groups=groups)
+        f1, f2, stats = model.forward_pair(x1, x2, g1, g2)
+    handle.remove()
+    p1, p2 = (denormalize(x, model.pretrained_cfg["mean"], model.pretrained_cfg["std"]) for x in (x1, x2))
+    sel = match_tokens(p1, p2, g1, g2, PATCH)
+    if groups == 1:   # one tensor per view, k = the batch's largest need
+        assert len(seen) == 2
+        assert torch.equal(seen[0], _gather_ref(dense_in[0], sel.keep1))
+        assert torch.equal(seen[1], _gather_ref(dense_in[1], sel.keep2))
+        assert seen[0].shape[1] == 17                                   # sample 2 has nothing similar
+        expect = [seen[0][b:b + 1] for b in range(3)]
+    else:             # one sample per group: each keeps exactly its dissimilar tokens
+        assert len(seen) == 6
+        expect = []
+        for view, similar, dense in ((0, sel.similar1, dense_in[0]), (1, sel.similar2, dense_in[1])):
+            for b in range(3):
+                keep = (~similar[b]).nonzero().flatten().tolist()
+                ref = _gather_ref(dense[b:b + 1], [keep])
+                assert sum(t.shape == ref.shape and torch.equal(t, ref) for t in seen[3 * view:3 * view + 3]) == 1
+                if view == 0:
+                    expect.append(ref)
+        assert sorted(t.shape[1] for t in seen[:3]) == [11, 14, 17]     # 6, 3 and 0 tokens dropped
+    # the rest of the network is the unchanged model run on the shorter sequences, in batch order
+    with torch.no_grad():
+        ref = torch.cat([model.forward_head(model.norm(model.blocks(e)), pre_logits=True) for e in expect])
+    assert torch.allclose(f1, ref, atol=1e-6)
+    assert 0 < stats["overhead_flops"]
+    assert (stats["kept_flops"] < stats["dense_flops"]) == (groups > 1)
+
+
+# ---------------------------------------------------------------- SimPrune
+
+def _match_pairs_ref(sim):
+    """Proposal rounds written as loops, for one sample."""
+    n = sim.shape[0]
+    partner = [-1] * n
+    free_rows, free_cols = set(range(n)), set(range(n))
+    while free_rows:
+        proposals = {}
+        for i in sorted(free_rows):
+            j = max(sorted(free_cols), key=lambda c: (float(sim[i, c]), -c))
+            proposals.setdefault(j, []).append(i)
+        for j, rows in proposals.items():
+            i = max(rows, key=lambda r: (float(sim[r, j]), -r))
+            partner[i] = j
+            free_rows.discard(i)
+            free_cols.discard(j)
+    return partner
+
+
+def test_match_pairs_against_loop_reference_with_ties():
+    gen = torch.Generator().manual_seed(3)
+    sim = torch.randint(0, 4, (4, 9, 9), generator=gen).float() / 4      # many ties
+    sim[1] = torch.rand(9, 9, generator=gen)
+    sim[2] = 1.0                                                         # everything tied
+    partner, pair_sim = match_pairs(sim)
+    for b in range(4):
+        assert partner[b].tolist() == _match_pairs_ref(sim[b])
+        assert sorted(partner[b].tolist()) == list(range(9))             # one-to-one
+        assert torch.equal(pair_sim[b], sim[b, torch.arange(9), partner[b]])
+
+
+def test_difficulty_window_moves_with_progress():
+    assert difficulty_offset(100, 20, 0.0) == 0
+    assert difficulty_offset(100, 20, 1.0, span=0.5) == 40
+    assert difficulty_offset(100, 20, 1.0, span=1.0) == 80
+    assert difficulty_offset(100, 20, 0.25, span=1.0) == 20
+    with pytest.raises(ValueError, match="progress"):
+        difficulty_offset(100, 20, 1.5)
+    gen = torch.Generator().manual_seed(0)
+    sim = torch.rand(2, 40, 40, generator=gen)
+    partner, pair_sim = match_pairs(sim)
+    ranked = pair_sim.sort(dim=1, descending=True).values
+    r = prune_count(40, 0.8)
+    means = []
+    for progress in (0.0, 0.5, 1.0):
+        keep1, keep2, (pruned1, pruned2) = simprune_select(sim, 0.8, progress, span=1.0)
+        o = difficulty_offset(40, r, progress, span=1.0)
+        got = pair_sim.gather(1, pruned1)
+        assert torch.equal(got, ranked[:, o:o + r])                      # exactly the window of the ranking
+        assert torch.equal(pruned2, partner.gather(1, pruned1))          # pruned in pairs
+        assert keep1.shape == keep2.shape == (2, 40 - r)                 # equal counts
+        means.append(float(got.mean()))
+    assert means[0] > means[1] > means[2]                                # from easy to hard pairs
+
+
+def test_simprune_pruned_forward_equals_dense_restricted_to_kept_tokens():
+    model = _model().eval()
+    x1, x2, g1, g2 = _views(model)
+    layer = 2
+    seen, handle = _block_inputs(model, layer)
+    with torch.no_grad():
+        model.forward_features(x1)
+        model.forward_features(x2)
+        d1, d2 = seen[0], seen[1]
+        seen.clear()
+        model.configure_pair_pruning(method="simprune", prune_layers=(layer,), keep_rate=0.7)
+        model.set_progress(0.5)
+        model.forward_pair(x1, x2, g1, g2)
+    handle.remove()
+    # reference: cosine of norm1 tokens by loops, loop pairing, window, gather
+    blk = model.blocks[layer]
+    with torch.no_grad():
+        y1, y2 = blk.norm1(d1)[:, 1:], blk.norm1(d2)[:, 1:]
+    n = y1.shape[1]
+    r = prune_count(n, 0.7)
+    o = difficulty_offset(n, r, 0.5, 0.5)
+    for b in range(3):
+        sim = torch.tensor([[float(torch.nn.functional.cosine_similarity(y1[b, i], y2[b, j], dim=0))
+                             for j in range(n)] for i in range(n)])
+        partner = _match_pairs_ref(sim)
+        order = sorted(range(n), key=lambda i: -float(sim[i, partner[i]]))
+        pruned1 = set(order[o:o + r])
+        pruned2 = {partner[i] for i in pruned1}
+        keep1 = [i for i in range(n) if i not in pruned1]
+        keep2 = [j for j in range(n) if j not in pruned2]
+        assert len(keep1) == len(keep2) == n - r
+        assert torch.equal(seen[0][b:b + 1], _gather_ref(d1[b:b + 1], [keep1]))
+        assert torch.equal(seen[1][b:b + 1], _gather_ref(d2[b:b + 1], [keep2]))
+
+
+def test_simprune_keeps_equal_counts_in_both_branches_at_every_block():
+    model = _model(depth=6).configure_pair_pruning(method="simprune", prune_layers=(1, 3, 4), keep_rate=0.8)
+    x1, x2, g1, g2 = _views(model)
+    lengths = []
+    hooks = [blk.register_forward_pre_hook(lambda mod, args: lengths.append(args[0].shape[1])) for blk in model.blocks]
+    model.forward_pair(x1, x2, g1, g2)
+    for h in hooks:
+        h.remove()
+    pairs = list(zip(lengths[0::2], lengths[1::2]))
+    assert all(a == b for a, b in pairs)
+    assert [a for a, _ in pairs] == [17, 14, 14, 12, 10, 10]             # 16 -> 13 -> 11 -> 9 patch tokens
+
+
+def test_progress_changes_simprune_choice():
+    model = _model().configure_pair_pruning(method="simprune", prune_layers=(1,), keep_rate=0.75)
+    x1, x2, g1, g2 = _views(model)
+    seen, handle = _block_inputs(model, 1)
+    with torch.no_grad():
+        model.set_progress(0.0)
+        model.forward_pair(x1, x2, g1, g2)
+        model.set_progress(1.0)
+        model.forward_pair(x1, x2, g1, g2)
+    handle.remove()
+    assert seen[0].shape == seen[2].shape and not torch.equal(seen[0], seen[2])
+    with pytest.raises(ValueError, match="progress"):
+        model.set_progress(-0.1)
+
+
+# ---------------------------------------------------------------- EViT
+
+def _class_attention_ref(x, blk):
+    """Unfused attention by hand: full softmax matrix, class row, mean over heads."""
+    y = blk.norm1(x)
+    B, N, D = y.shape
+    h = blk.attn.num_heads
+    q, k, _ = blk.attn.qkv(y).reshape(B, N, 3, h, D // h).permute(2, 0, 3, 1, 4)
+    attn = ((q @ k.transpose(-2, -1)) * (D // h) ** -0.5).softmax(dim=-1)   # (B, h, N, N)
+    return attn[:, :, 0, 1:].mean(dim=1)
+
+
+def test_evit_pruned_forward_equals_dense_restricted_to_kept_tokens():
+    model = _model().eval()
+    x1, x2, g1, g2 = _views(model)
+    layer = 1
+    seen, handle = _block_inputs(model, layer)
+    with torch.no_grad():
+        model.forward_features(x1)
+        model.forward_features(x2)
+        dense = seen[:2]
+        seen.clear()
+        model.configure_pair_pruning(method="evit", prune_layers=(layer,), keep_rate=0.7)
+        f1, _, _ = model.forward_pair(x1, x2, g1, g2)
+        blk = model.blocks[layer]
+        for view in range(2):
+            d = dense[view]
+            attn = _class_attention_ref(d, blk)
+            assert torch.allclose(class_attention(d, blk.norm1, blk.attn, 1), attn, atol=1e-6)
+            k = math.ceil(0.7 * 16)
+            for b in range(3):
+                order = sorted(range(16), key=lambda i: -float(attn[b, i]))
+                keep, fuse = sorted(order[:k]), sorted(order[k:])
+                fused = sum(float(attn[b, i]) * d[b, 1 + i] for i in fuse)
+                expect = torch.cat([_gather_ref(d[b:b + 1], [keep])[0], fused[None]])
+                assert torch.allclose(seen[view][b], expect, atol=1e-6)
+        ref = model.forward_head(model.norm(model.blocks[layer:](seen[0])), pre_logits=True)
+    handle.remove()
+    assert seen[0].shape[1] == 1 + k + 1
+    assert torch.allclose(f1, ref, atol=1e-6)
+
+
+def test_evit_reorganize_without_pruning_is_identity():
+    x = torch.randn(2, 5, 8)
+    out, keep, fuse = evit_reorganize(x, torch.rand(2, 4), 1.0, 1)
+    assert torch.equal(out, x) and fuse.shape == (2, 0)
+
+
+# ---------------------------------------------------------------- FLOPs, gradients, errors
+
+@pytest.mark.parametrize("method", (None,) + METHODS)
+def test_flops_match_flop_counter_and_gradients_flow(method):
+    model = _model().train()
+    if method:
+        model.configure_pair_pruning(method=method, prune_layers=(1, 2), keep_rate=0.7)
+        model.set_progress(0.3)
+    x1, x2, g1, g2 = _views(model)
+    with flop_counter() as counter:
+        f1, f2, stats = model.forward_pair(x1, x2, g1, g2)
+        (f1.pow(2).sum() + f2.pow(2).sum()).backward()
+    measured = counter.get_total_flops()
+    # FlopCounterMode sees matmuls only: SimWnW's PSNR overhead is elementwise, the others' is matmuls
+    expected = stats["kept_flops"] + (stats["overhead_flops"] if method in ("simprune", "evit") else 0.0)
+    assert abs(measured - expected) / measured < 0.01, (method, measured, expected)
+    if method is None:
+        assert stats["kept_flops"] == stats["dense_flops"]
+    else:
+        assert stats["kept_flops"] < stats["dense_flops"] and 0 < stats["kept_token_ratio"] < stats["pairs"]
+    for name, p in model.named_parameters():
+        if name.startswith("blocks") or name in ("cls_token", "pos_embed", "patch_embed.proj.weight"):
+            assert p.grad is not None and p.grad.abs().sum() > 0 and torch.isfinite(p.grad).all(), name
+
+
+def test_dense_flops_match_flop_counter_of_two_dense_calls():
+    model = _model().train()
+    model.configure_pair_pruning(method="evit", prune_layers=(1,))
+    x1, x2, g1, g2 = _views(model)
+    _, _, stats = model.forward_pair(x1, x2, g1, g2)
+    with flop_counter() as counter:
+        (model(x1).sum() + model(x2).sum()).backward()
+    assert abs(counter.get_total_flops() - stats["dense_flops"]) / stats["dense_flops"] < 0.01
+    with torch.no_grad(), flop_counter() as counter:
+        _, _, stats = model.forward_pair(x1, x2, g1, g2)
+        model(x1), model(x2)
+    assert stats["dense_flops"] < 0.5 * 3 * counter.get_total_flops()  # forward only without grad
+
+
+def test_bad_settings_and_inputs_are_named():
+    model = _model()
+    with pytest.raises(ValueError, match="unknown token-pruning method"):
+        model.configure_pair_pruning(method="tome")
+    with pytest.raises(ValueError, match="keep_rate"):
+        model.configure_pair_pruning(method="evit", keep_rate=0.0)
+    with pytest.raises(ValueError, match="prune_layers"):
+        model.configure_pair_pruning(method="simprune", prune_layers=(4, 7, 10))   # depth 4
+    model.configure_pair_pruning(method="simwnw")
+    x1, x2, _, _ = _views(model)
+    with pytest.raises(ValueError, match="geometry"):
+        model.forward_pair(x1, x2)
+    with pytest.raises(ValueError, match="same images"):
+        model.forward_pair(x1, x2[:1])
