@@ -318,3 +318,34 @@ def test_upload_error_paths(exported, hub, online, monkeypatch, tmp_path):
         upload(exported, "no-namespace", token=TOKEN, endpoint=hub.url)
     with pytest.raises(HubUploadError, match="does not exist"):
         upload(tmp_path / "nowhere", "tester/enc", token=TOKEN, endpoint=hub.url)
+
+
+# ---- downstream use -------------------------------------------------------------------------------
+
+def _finetune_main():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("finetune_example", ROOT / "examples" / "finetune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.mark.parametrize("mode", ["linear", "full"])
+def test_finetune_example_on_exported_encoder(exported, tmp_path, mode):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = _finetune_main()(["--model", f"local-dir:{exported}", "--mode", mode, "--epochs", "1",
+                                   "--batch-size", "8", "--max-samples", "16", "--output-dir", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    assert result["num_classes"] == 10 and result["num_train"] == 16 and 0 <= result["top1"] <= 100
+    tuned = load_file(str(tmp_path / "model.safetensors"))
+    pretrained = load_file(str(exported / "model.safetensors"))
+    assert tuned["fc.weight"].shape == (10, 512)
+    changed = [k for k in pretrained if not torch.equal(pretrained[k], tuned[k])]
+    if mode == "linear":  # frozen encoder, BatchNorm statistics included
+        assert changed == []
+    else:
+        assert "conv1.weight" in changed and "bn1.running_mean" in changed
