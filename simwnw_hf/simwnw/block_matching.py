@@ -195,8 +195,14 @@ class _PairPSNR:
         cols = src_yx[:, 1, None] + ar
         tiles = x1c[:, rows[:, :, None], cols[:, None, :]]                # (B, nb, block, block, C)
         tiles = torch.where(mirror.view(batch, 1, 1, 1, 1), tiles.flip(3), tiles)
-        self.tiles = tiles.reshape(batch * nb, block, block, -1)          # (N, block, block, C)
-        self.x2c = x2.permute(0, 2, 3, 1)                                 # (B, H2, W2, C)
+        self.tiles = tiles.reshape(batch * nb, -1)                          # (N, block*block*C)
+        # View 2 channels-last and flat: one block row of a candidate is a contiguous run of block*C
+        # values, so a candidate is gathered as `block` rows of a sliding-window view (no copy made).
+        self.h2, self.w2 = x2.shape[-2:]
+        self.channels = x2.shape[1]
+        flat = x2.permute(0, 2, 3, 1).contiguous().reshape(-1)            # (B*H2*W2*C,)
+        run = block * self.channels
+        self.runs = flat.as_strided((flat.numel() - run + 1, run), (1, 1))  # (starts, block*C)
         self.nb, self.block, self.step, self.ar = nb, block, step, ar
         self.lo, self.hi = lo.reshape(-1, 2), hi.reshape(-1, 2)           # (N, 2) lattice bounds
         extent = (self.hi - self.lo + 1).amax(dim=0)                      # lattice window (Ly, Lx)
@@ -208,15 +214,17 @@ class _PairPSNR:
     def _compute(self, n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """PSNR for pairs ``n`` (Q,) at lattice points ``k`` (Q, 2), in chunks bounded by memory."""
         out = torch.empty(n.shape[0], dtype=torch.float32, device=n.device)
-        per_query = self.tiles[0].numel()
+        per_query = self.tiles.shape[1]
         chunk = max(1, _GATHER_BUDGET // per_query)
         for s in range(0, n.shape[0], chunk):
             nn_, kk = n[s:s + chunk], k[s:s + chunk] * self.step
             image = nn_ // self.nb
-            rows = kk[:, 0, None] + self.ar                               # (q, block)
-            cols = kk[:, 1, None] + self.ar
-            cand = self.x2c[image[:, None, None], rows[:, :, None], cols[:, None, :]]   # (q, block, block, C)
-            out[s:s + chunk] = psnr(cand, self.tiles[nn_], dim=(1, 2, 3)).float()
+            rows = image[:, None] * self.h2 + kk[:, 0, None] + self.ar    # (q, block) rows of the stacked batch
+            starts = (rows * self.w2 + kk[:, 1, None]) * self.channels     # (q, block) flat start of each block row
+            cand = self.runs.index_select(0, starts.reshape(-1)).view(-1, per_query)   # (q, block*block*C)
+            diff = cand.sub_(self.tiles.index_select(0, nn_))
+            mse = diff.square_().mean(dim=1)                              # (q,)
+            out[s:s + chunk] = (10.0 * torch.log10(1.0 / mse)).float()    # PSNR, MAX_I = 1
         return out
 
     def __call__(self, n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
