@@ -136,3 +136,23 @@ def test_bad_inputs_are_rejected():
         masked_forward_features(model, [x], [torch.zeros(1, 8, 8, dtype=torch.bool)])
     with pytest.raises(ValueError, match="one or two views"):
         masked_forward_features(model, [x, x, x], [torch.zeros(1, 16, 16, dtype=torch.bool)] * 3)
+
+
+def test_waxing_removes_from_the_feature_map_including_the_shortcut():
+    """A waxing callback that removes everything at one block input leaves nothing downstream: the
+    removal applies to the shortcut too, so the block output is removed and zero."""
+    model = _tiny().train()
+    x1, x2 = torch.randn(2, 2, 3, 16, 16).unbind(0)
+    none = torch.zeros(2, 16, 16, dtype=torch.bool)
+    calls = []
+
+    def expand(name, hs, rs):
+        calls.append(name)
+        full = name == "layer2.0.conv1"
+        return [r | full for r in rs], torch.tensor(7.0)
+
+    (h1, h2), (r1, r2), trace = masked_forward_features(model, [x1, x2], [none, none], expand)
+    assert calls == [f"layer{s}.0.conv{c}" for s in range(1, 5) for c in (1, 2)]  # block inputs + inner 3x3
+    assert bool(r1.all()) and bool(r2.all()) and float(h1.abs().sum()) == 0.0 == float(h2.abs().sum())
+    layer1 = next(r for r in trace if isinstance(r, MaskRecord) and r.name == "layer1")
+    assert not bool(layer1.removed1.any())

@@ -13,10 +13,13 @@ Semantics, layer by layer (masks: bool, ``True`` = removed, (B, 1|C, H, W); see 
   convs with a bias. An (image, input channel, output position) triple whose window holds no kept
   pixel of that channel is *inactive*: its partial sum is zero and skippable; ``flops.py`` counts
   work per active triple.
-* **Waxing.** Before every spatial conv (kernel > 1) except the stem, the optional ``expand``
-  callback (``masks.pair_expander``) grows the per-channel masks of the conv's *input* from the two
-  views' maps (§4.2.2). Only that conv sees the grown mask; the residual shortcut carries the block
-  input with its own mask (waxing decides which conv work to skip, the identity path has none).
+* **Waxing.** At every residual block input and before every spatial conv inside a block (the
+  3x3 convs; the stem conv sees the block-matched image masks only), the optional ``expand``
+  callback (``masks.pair_expander``) grows the per-channel masks from the two views' maps (§4.2.2),
+  and the newly removed activations are set to 0 *in the feature map*: at a block input they are
+  gone for both the residual branch and the shortcut. (Waxing only the conv input would leave the
+  shortcut's mask as the ceiling of the block output's mask, so removal could never grow across
+  blocks, and residual networks would keep only what waning leaves.)
 * **BatchNorm.** Training mode: mean and (biased) variance per channel over the kept positions only;
   running statistics are updated from them (unbiased variance ``var * n / (n - 1)``, momentum as in
   ``nn.BatchNorm2d``, ``momentum=None`` = cumulative average; a channel with no kept position keeps
@@ -156,13 +159,19 @@ def masked_max_pool2d(pool: nn.MaxPool2d, x: torch.Tensor, removed: torch.Tensor
 # Each helper takes the per-view lists ``hs`` (tensors) and ``rs`` (masks) and appends what it did to
 # ``trace`` (a list owned by the caller of masked_forward_features).
 
-def _conv(name: str, conv: nn.Module, hs, rs, trace: list, expand: Optional[Expand]):
+def _wax(name: str, hs, rs, trace: list, expand: Optional[Expand]):
+    """Grow both views' masks at a waxing point and zero the newly removed activations."""
+    if expand is None or len(hs) != 2:
+        return hs, rs
+    rs, overhead = expand(name, list(hs), list(rs))
+    trace.append(WaxRecord(name, overhead))
+    _record(trace, f"{name}:waxed", rs)
+    return [h * _keep(r, h) for h, r in zip(hs, rs)], rs
+
+
+def _conv(name: str, conv: nn.Module, hs, rs, trace: list):
     if not isinstance(conv, nn.Conv2d):
         raise NotImplementedError(f"{name}: masked execution needs an nn.Conv2d, got {type(conv).__name__}")
-    if expand is not None and len(hs) == 2 and max(conv.kernel_size) > 1:
-        rs, overhead = expand(name, list(hs), list(rs))
-        trace.append(WaxRecord(name, overhead))
-        _record(trace, f"{name}:waxed", rs)
     ys, outs, active, dense = [], [], 0, 0
     input_grad = False
     for h, r in zip(hs, rs):
@@ -204,7 +213,7 @@ def _shortcut(block: nn.Module, hs, rs, trace, name: str):
     mods = [m for m in ds if not isinstance(m, nn.Identity)] if isinstance(ds, nn.Sequential) else [ds]
     if len(mods) != 2 or not isinstance(mods[0], nn.Conv2d) or not isinstance(mods[1], nn.BatchNorm2d):
         raise NotImplementedError(f"{name}.downsample must be conv + BatchNorm (timm downsample_conv)")
-    s, rs_s = _conv(f"{name}.downsample.0", mods[0], hs, rs, trace, expand=None)  # 1x1: nothing to wax
+    s, rs_s = _conv(f"{name}.downsample.0", mods[0], hs, rs, trace)
     return _bn(mods[1], s, rs_s, name), rs_s
 
 
@@ -217,20 +226,24 @@ def _residual(block, branch, r_branch, hs, rs, trace, name, act):
 
 def _basic_block(name: str, blk: BasicBlock, hs, rs, trace, expand):
     _require_identity(blk, name)
-    a, ra = _conv(f"{name}.conv1", blk.conv1, hs, rs, trace, expand)
+    hs, rs = _wax(f"{name}.conv1", hs, rs, trace, expand)  # block input: feeds conv1 and the shortcut
+    a, ra = _conv(f"{name}.conv1", blk.conv1, hs, rs, trace)
     a = _act(blk.act1, _bn(blk.bn1, a, ra, name), ra)
-    b, rb = _conv(f"{name}.conv2", blk.conv2, a, ra, trace, expand)
+    a, ra = _wax(f"{name}.conv2", a, ra, trace, expand)
+    b, rb = _conv(f"{name}.conv2", blk.conv2, a, ra, trace)
     b = _bn(blk.bn2, b, rb, name)
     return _residual(blk, b, rb, hs, rs, trace, name, blk.act2)
 
 
 def _bottleneck(name: str, blk: Bottleneck, hs, rs, trace, expand):
     _require_identity(blk, name)
-    a, ra = _conv(f"{name}.conv1", blk.conv1, hs, rs, trace, expand)
+    hs, rs = _wax(f"{name}.conv1", hs, rs, trace, expand)  # block input: feeds conv1 and the shortcut
+    a, ra = _conv(f"{name}.conv1", blk.conv1, hs, rs, trace)
     a = _act(blk.act1, _bn(blk.bn1, a, ra, name), ra)
-    b, rb = _conv(f"{name}.conv2", blk.conv2, a, ra, trace, expand)
+    a, ra = _wax(f"{name}.conv2", a, ra, trace, expand)
+    b, rb = _conv(f"{name}.conv2", blk.conv2, a, ra, trace)
     b = _act(blk.act2, _bn(blk.bn2, b, rb, name), rb)
-    c, rc = _conv(f"{name}.conv3", blk.conv3, b, rb, trace, expand)
+    c, rc = _conv(f"{name}.conv3", blk.conv3, b, rb, trace)
     c = _bn(blk.bn3, c, rc, name)
     return _residual(blk, c, rc, hs, rs, trace, name, blk.act3)
 
@@ -258,7 +271,7 @@ def masked_forward_features(model: nn.Module, xs: Sequence[torch.Tensor], remove
     rs = [(r[:, None] if r.dim() == 3 else r) for r in removed]
     trace: list = []
     _record(trace, "input", rs)
-    hs, rs = _conv("conv1", model.conv1, list(xs), rs, trace, expand=None)  # the image level is block-matched
+    hs, rs = _conv("conv1", model.conv1, list(xs), rs, trace)  # the image level is block-matched
     hs = _act(model.act1, _bn(model.bn1, hs, rs, "bn1"), rs)
     if isinstance(model.maxpool, nn.MaxPool2d):
         pooled = [masked_max_pool2d(model.maxpool, h, r) for h, r in zip(hs, rs)]
