@@ -13,7 +13,8 @@ Waning (§4.2.1, Fig. 5)
     non-zero; see :func:`active_inputs` and ``masked_exec``/``flops`` for how that is used.
 
 Waxing (§4.2.2, "concentric circle approach", channel-wise)
-    Before a spatial conv, the removed region of every channel grows ring by ring. Ring ``k`` is the
+    At every waxing point (each residual block input and each inner 3x3 conv input, see
+    ``masked_exec``), the removed region of every channel grows ring by ring. Ring ``k`` is the
     set of view-1 pixels at Chebyshev distance exactly ``k`` from the channel's removed region
     (distance 1 = the 8-neighbourhood "circle" around it). Each ring pixel ``q`` is compared one-to-one
     with the view-2 pixel at the same offset around the *matched* block (no search, App. C):
