@@ -45,11 +45,12 @@ class SimCLR(nn.Module):
 class SimSiam(nn.Module):
     """SimSiam (Chen & He 2021, arXiv:2011.10566): predictor + stop-gradient, symmetric loss."""
 
-    def __init__(self, backbone: nn.Module, num_features: int, proj_dim: int = 2048, pred_hidden_dim: int = 512):
+    def __init__(self, backbone: nn.Module, num_features: int, hidden_dim: int = 2048, out_dim: int = 2048,
+                 pred_hidden_dim: int = 512):
         super().__init__()
         self.backbone = backbone
-        self.projection_head = heads.simsiam_projection(num_features, proj_dim, proj_dim)
-        self.prediction_head = heads.simsiam_prediction(proj_dim, pred_hidden_dim)
+        self.projection_head = heads.simsiam_projection(num_features, hidden_dim, out_dim)
+        self.prediction_head = heads.simsiam_prediction(out_dim, pred_hidden_dim)
         self.criterion = NegativeCosineSimilarity()
 
     def forward(self, batch, prune: bool = True):

@@ -41,6 +41,7 @@ class TrainConfig:
     eval_split: str = "test"
     eval_max_samples: Optional[int] = None
     model_args: str = "{}"  # JSON dict of extra timm.create_model kwargs
+    framework_args: str = "{}"  # JSON dict of framework kwargs, e.g. '{"hidden_dim": 512, "out_dim": 128}'
     # SimWnW on CNNs (paper §4): remove similar blocks from both views
     simwnw: bool = False
     block_size: Optional[int] = None  # None: 5 @32px, 30 @224px, scaled in between
@@ -71,16 +72,16 @@ class TrainConfig:
             raise ValueError("--simwnw (CNN block removal) and --token-pruning (ViT) are exclusive")
         if not 0 < self.keep_rate <= 1:
             raise ValueError(f"--keep-rate must be in (0, 1], got {self.keep_rate}")
-        try:
-            args = json.loads(self.model_args) if isinstance(self.model_args, str) else self.model_args
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--model-args must be a JSON object: {exc}") from exc
-        if not isinstance(args, dict):
-            raise ValueError("--model-args must be a JSON object, e.g. '{\"drop_path_rate\": 0.1}'")
+        for name in ("model_args", "framework_args"):
+            _json_object(getattr(self, name), "--" + name.replace("_", "-"))
 
     @property
     def model_kwargs(self) -> dict:
-        return json.loads(self.model_args) if isinstance(self.model_args, str) else dict(self.model_args)
+        return _json_object(self.model_args, "--model-args")
+
+    @property
+    def framework_kwargs(self) -> dict:
+        return _json_object(self.framework_args, "--framework-args")
 
     @property
     def pruning(self) -> Optional[dict]:
@@ -100,6 +101,19 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _json_object(value, flag: str) -> dict:
+    """A JSON-object flag (or an already-parsed dict) as a dict, with a clear error otherwise."""
+    if isinstance(value, dict):
+        return dict(value)
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{flag} must be a JSON object: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{flag} must be a JSON object, e.g. '{{\"drop_path_rate\": 0.1}}'")
+    return parsed
 
 
 def _arg_type(annotation):

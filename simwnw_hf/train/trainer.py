@@ -61,8 +61,11 @@ def build_framework(cfg: TrainConfig, backbone: torch.nn.Module) -> torch.nn.Mod
     if cfg.framework == "dino":
         from simwnw_hf.ssl.dino import DINO
 
-        return DINO(backbone, backbone.num_features, out_dim=cfg.dino_out_dim)
-    return FRAMEWORKS[cfg.framework](backbone, backbone.num_features)
+        return DINO(backbone, backbone.num_features, **{"out_dim": cfg.dino_out_dim, **cfg.framework_kwargs})
+    try:
+        return FRAMEWORKS[cfg.framework](backbone, backbone.num_features, **cfg.framework_kwargs)
+    except TypeError as exc:
+        raise ValueError(f"--framework-args do not fit {cfg.framework}: {exc}") from exc
 
 
 def build_transform(cfg: TrainConfig, backbone: torch.nn.Module):
@@ -260,6 +263,7 @@ def train(cfg: TrainConfig) -> dict:
                           f"(first at index {counters.values['first_skipped_index']})")
 
     summary = _summary(accelerator, cfg, counters, step, steps_per_epoch, images)
+    summary["replica_checksums"] = _replica_checksums(accelerator, unwrapped.backbone)
     if cfg.knn_eval and images.label_column is not None and accelerator.is_main_process:
         summary["eval"] = {"knn": _final_knn(cfg, unwrapped.backbone, views.transform)}
     if accelerator.is_main_process:
@@ -297,6 +301,15 @@ def _log_record(accelerator, step, epoch, scheduler, window, counters, cfg) -> d
         if cfg.token_pruning:
             record["kept_token_ratio"] = ratio_t[1]
     return record
+
+
+def _replica_checksums(accelerator, backbone) -> list:
+    """Weight checksum of every process's backbone; data-parallel replicas that drifted apart are a bug."""
+    local = torch.stack([p.detach().double().sum() for p in backbone.parameters()]).sum().reshape(1)
+    checksums = accelerator.gather(local.to(accelerator.device)).tolist()
+    if any(c != checksums[0] for c in checksums):
+        raise RuntimeError(f"data-parallel replicas hold different weights after training: {checksums}")
+    return checksums
 
 
 def _summary(accelerator, cfg, counters, step, steps_per_epoch, images) -> dict:
