@@ -40,11 +40,10 @@ Gradients flow through everything except the mask decisions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.models.resnet import BasicBlock, Bottleneck
 
 from .masks import wane
@@ -54,8 +53,8 @@ __all__ = [
     "masked_max_pool2d", "masked_forward_features", "Expand",
 ]
 
-# expand(name, [h1, h2], [removed1, removed2]) -> ([removed1, removed2], overhead_flops)
-Expand = Callable[[str, List[torch.Tensor], List[torch.Tensor]], Tuple[List[torch.Tensor], float]]
+# expand(name, [h1, h2], [removed1, removed2]) -> ([removed1, removed2], overhead_flops as float or 0-d tensor)
+Expand = Callable[[str, List[torch.Tensor], List[torch.Tensor]], Tuple[List[torch.Tensor], Union[float, torch.Tensor]]]
 
 
 @dataclass(frozen=True)
