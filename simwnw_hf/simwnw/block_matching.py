@@ -18,6 +18,11 @@ the patch grid). Diamond search steps one lattice point at a time.
 
 When the two views have different flips, view-1 tiles are mirrored before being compared: a flip
 mirrors content as well as position, and a mirrored tile is what its counterpart in view 2 looks like.
+
+Overhead accounting (App. C): ``psnr_evaluations`` counts the block-pair PSNRs actually computed.
+Values are cached per (pair, candidate), so a point shared by two successive diamonds (or revisited)
+is computed and counted once; points outside the window are neither computed nor counted. Each PSNR
+costs :func:`psnr_flops` = 3 FLOPs per compared element (sub, mul, add) over all channels + 3.
 """
 
 from __future__ import annotations
