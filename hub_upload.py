@@ -6,6 +6,7 @@ The token comes from HF_TOKEN or ``hf auth login``; the endpoint from HF_ENDPOIN
 """
 
 import argparse
+import shlex
 import sys
 
 from simwnw_hf.hub.upload import HubUploadError, upload
@@ -27,7 +28,8 @@ def main(argv=None) -> int:
     try:
         result = upload(args.run_dir, args.repo_id, private=args.private, dry_run=args.dry_run,
                         revision=args.revision, commit_message=args.commit_message, force=args.force,
-                        checkpoint=args.checkpoint, baseline_run=args.baseline_run, export_dir=args.export_dir)
+                        checkpoint=args.checkpoint, baseline_run=args.baseline_run, export_dir=args.export_dir,
+                        publish_command="python hub_upload.py " + shlex.join(sys.argv[1:] if argv is None else argv))
     except HubUploadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

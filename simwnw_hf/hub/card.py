@@ -76,31 +76,49 @@ def _method(record: dict) -> Optional[str]:
 
 
 def train_command(record: dict) -> str:
-    """The ``training/<framework>.py`` command line that reproduces the recorded recipe."""
-    args = ["python", f"training/{record['framework']}.py", "--model", record["model"]]
-    if record.get("model_args"):
-        args += ["--model-args", json.dumps(record["model_args"])]
-    args += ["--dataset", str(record.get("dataset") or "sample")]
-    if record.get("split") not in (None, "train"):
-        args += ["--split", record["split"]]
-    if record.get("num_images") is not None:
-        args += ["--max-samples", str(record["num_images"])]
-    args += ["--image-size", str(record["image_size"]), "--batch-size", str(record["batch_size"]),
-             "--max-steps", str(record["steps"])]
-    for key in ("lr", "seed"):
-        if record.get(key) is not None:
-            args += [f"--{key}", str(record[key])]
-    pruning = dict(record.get("pruning") or {})
-    method = pruning.pop("method", None)
-    if method == "simwnw" and "keep_rate" not in pruning:
-        args.append("--simwnw")
-    elif method:
-        args += ["--token-pruning", method]
-    for key, value in pruning.items():
-        if value is None:
+    """The ``training/<framework>.py`` command line of the recorded run.
+
+    From the run's full config (``train_config``): every flag that differs from ``TrainConfig``'s
+    default, plus model, dataset, image and batch size always; without it (older records), from the
+    summary fields.
+    """
+    import dataclasses
+
+    from simwnw_hf.train.config import TrainConfig
+
+    cfg = record.get("train_config")
+    if not cfg:
+        cfg = {"framework": record["framework"], "model": record["model"],
+               "model_args": json.dumps(record.get("model_args") or {}), "dataset": record.get("dataset"),
+               "max_samples": record.get("num_images"), "image_size": record["image_size"],
+               "batch_size": record["batch_size"], "max_steps": record["steps"], "lr": record.get("lr"),
+               "seed": record.get("seed")}
+        pruning = dict(record.get("pruning") or {})
+        method = pruning.pop("method", None)
+        cfg.update({"simwnw": True} if method == "simwnw" else {"token_pruning": method} if method else {})
+        cfg.update({k: v for k, v in pruning.items() if v is not None})
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    always = ("model", "dataset", "image_size", "batch_size")
+    args = ["python", f"training/{cfg['framework']}.py"]
+    for name, value in cfg.items():
+        if name in ("framework", "output_dir", "resume") or name not in defaults:
             continue
-        flag = "--" + key.replace("_", "-")
-        args += [flag, *map(str, value)] if isinstance(value, (list, tuple)) else [flag, str(value)]
+        default = defaults[name]
+        if isinstance(value, list):
+            value = tuple(value)
+        if name == "model_args" and value in ("{}", {}):
+            continue
+        if name not in always and value == default:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif value is None:
+            continue  # None is the default of every optional flag
+        elif isinstance(value, tuple):
+            args += [flag, *map(str, value)]
+        else:
+            args += [flag, json.dumps(value) if isinstance(value, dict) else str(value)]
     return " ".join(shlex.quote(a) for a in args)
 
 
@@ -160,7 +178,7 @@ def _eval_results(record: dict, dataset_type: str, dataset_name: str) -> list:
 
 def render_card(record: dict, config: dict, repo_id: str, baseline: Optional[dict] = None,
                 dataset_id: Optional[str] = None, license: Optional[str] = None,
-                how_made: Optional[str] = None, template_path=None) -> ModelCard:
+                publish_command: Optional[str] = None, notes=(), template_path=None) -> ModelCard:
     """Render the model card of an exported encoder.
 
     Args:
@@ -170,7 +188,9 @@ def render_card(record: dict, config: dict, repo_id: str, baseline: Optional[dic
         baseline: training record of the dense run to compare with (``--baseline-run``).
         dataset_id: Hub dataset id for the metadata; guessed from the record when None.
         license: defaults to the architecture's ``pretrained_cfg`` license.
-        how_made: shell commands that produced this folder (shown verbatim).
+        publish_command: the export / upload command line, shown after the training commands under
+            "How it was made" (default: a ``hub_upload.py`` call).
+        notes: extra limitation lines (e.g. "wall time measured on a shared machine").
     """
     method = _method(record)
     dataset_type = dataset_id or hub_dataset_id(record.get("dataset")) or Path(str(record.get("dataset"))).stem
@@ -257,10 +277,11 @@ def render_card(record: dict, config: dict, repo_id: str, baseline: Optional[dic
         results_rows=rows,
         results_note=note,
         protocol_text="; ".join(protocols) or "none recorded.",
-        limitations=_limitations(record),
+        limitations=_limitations(record) + list(notes),
         model_args_text=", ".join(f"{k}={v!r}" for k, v in model_args.items()),
-        how_made=how_made or (f"{train_command(record)}\n"
-                              f"python hub_upload.py RUN_DIR --repo-id {repo_id}"),
+        how_made="\n".join(
+            ([f"# dense baseline", train_command(baseline), "# this encoder"] if baseline is not None else [])
+            + [train_command(record), publish_command or f"python hub_upload.py RUN_DIR --repo-id {repo_id}"]),
     )
     path = Path(template_path) if template_path is not None else TEMPLATE_PATH
     if not path.is_file():

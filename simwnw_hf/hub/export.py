@@ -125,8 +125,8 @@ def _install(tmp: Path, out_dir: Path, overwrite: bool) -> None:
 
 def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint=None, *,
                repo_id: Optional[str] = None, baseline_run: Union[None, str, Path] = None,
-               dataset_id: Optional[str] = None, license: Optional[str] = None, how_made: Optional[str] = None,
-               overwrite: bool = False) -> Path:
+               dataset_id: Optional[str] = None, license: Optional[str] = None,
+               publish_command: Optional[str] = None, notes=(), overwrite: bool = False) -> Path:
     """Export one checkpoint of a training run as a Hub-ready folder.
 
     Args:
@@ -135,7 +135,7 @@ def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint=
         checkpoint: step, ``checkpoint-<step>`` name or path; None = newest complete checkpoint.
         repo_id: ``ORG/NAME`` shown in the card; default ``simwnw-hf/<model>.<recipe tag>``.
         baseline_run: run dir of the dense baseline for the card's results table.
-        dataset_id / license / how_made: card overrides (see ``render_card``).
+        dataset_id / license / publish_command / notes: card options (see ``render_card``).
 
     Returns:
         ``out_dir`` as a Path.
@@ -150,7 +150,7 @@ def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint=
     config = hub_config(model, record)
     baseline = training_record(baseline_run) if baseline_run is not None else None
     card = render_card(record, config, repo_id or default_repo_id(record), baseline=baseline,
-                       dataset_id=dataset_id, license=license, how_made=how_made)
+                       dataset_id=dataset_id, license=license, publish_command=publish_command, notes=notes)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -161,3 +161,31 @@ def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint=
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def main(argv=None) -> int:
+    """``python -m simwnw_hf.hub RUN_DIR OUT_DIR``: export a run to a Hub-ready folder without uploading."""
+    import argparse
+    import shlex
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m simwnw_hf.hub", description=main.__doc__)
+    parser.add_argument("run_dir")
+    parser.add_argument("out_dir")
+    parser.add_argument("--checkpoint", default=None, help="step or checkpoint-<step> (default: newest)")
+    parser.add_argument("--repo-id", default=None, help="ORG/NAME shown in the card (default: simwnw-hf/<model>.<tag>)")
+    parser.add_argument("--baseline-run", default=None, help="dense run dir for the card's comparison table")
+    parser.add_argument("--dataset-id", default=None, help="Hub dataset id for the card metadata")
+    parser.add_argument("--note", action="append", default=[], help="extra limitation line for the card")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
+    args = parser.parse_args(argv)
+    command = "python -m simwnw_hf.hub " + shlex.join(sys.argv[1:] if argv is None else argv)
+    try:
+        out = export_run(args.run_dir, args.out_dir, args.checkpoint, repo_id=args.repo_id,
+                         baseline_run=args.baseline_run, dataset_id=args.dataset_id, notes=args.note,
+                         publish_command=command, overwrite=args.force)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0

@@ -154,6 +154,7 @@ def training_record(run_dir: Union[str, Path], checkpoint: Union[None, int, str,
         "flops_unit": "FLOPs of forward+backward (torch.utils.flop_counter; 1 MAC = 2 FLOPs)",
         "hardware": None, "versions": None, "git_commit": None,
         "eval": {},
+        "train_config": {k: v for k, v in cfg.items() if k not in ("output_dir", "resume")},
     }
     if summary is not None:
         # hardware / versions / commit describe the run whichever checkpoint is exported

@@ -3,10 +3,10 @@
 Order of work, so that nothing reaches the Hub half-checked:
 
 1. export (when given a run dir) into a temporary folder;
-2. validate offline: files present, ``config.json`` loadable by timm *and* transformers (no
-   ``model_args.num_classes``), weights load into the named architecture through timm's own
-   ``local-dir:`` path, the training record complete and identical in header and config, the card's
-   YAML parses;
+2. validate offline: files present; the weights load strictly into the named architecture through
+   timm's own ``local-dir:`` path, and transformers' ``AutoModel`` loads the folder and gives the same
+   features (so no ``model_args.num_classes``); the training record is complete and identical in the
+   header and ``config.json``; the card's YAML parses with ``library_name: timm`` and a model-index;
 3. ``--dry-run`` stops here;
 4. resolve a token (argument, ``HF_TOKEN``, cached ``hf auth login``) and the endpoint (``HF_ENDPOINT``),
    refuse to replace an existing repo's weights unless ``force``;
@@ -108,15 +108,29 @@ def validate_folder(folder: Union[str, Path]) -> dict:
     if config.get("architecture") and record.get("model") and config["architecture"] != record["model"]:
         problems.append(f"config architecture {config['architecture']!r} != trained model {record['model']!r}")
     if not problems:
-        try:  # exactly what users run: timm's local-dir loader, strict state_dict load
+        # exactly what users run: timm's local-dir loader (strict state_dict load) and transformers' AutoModel
+        size = config["pretrained_cfg"].get("input_size", [3, 32, 32])
+        x = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
+        try:
             model = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True).eval()
-            size = config["pretrained_cfg"].get("input_size", [3, 32, 32])
             with torch.no_grad():
-                features = model(torch.zeros(1, *size))
+                features = model(x)
             if features.shape[-1] != config["num_features"]:
                 problems.append(f"features have {features.shape[-1]} channels, config says {config['num_features']}")
         except Exception as exc:
-            problems.append(f"weights do not load into {config.get('architecture')}: {type(exc).__name__}: {exc}")
+            features = None
+            problems.append(f"weights do not load into {config.get('architecture')} with timm: "
+                            f"{type(exc).__name__}: {exc}")
+        try:
+            from transformers import AutoModel
+
+            wrapped = AutoModel.from_pretrained(str(folder)).eval()
+            with torch.no_grad():
+                pooled = wrapped(pixel_values=x).pooler_output
+            if features is not None and not torch.allclose(pooled, features, atol=1e-5, rtol=1e-4):
+                problems.append("transformers' AutoModel and timm give different features for the same weights")
+        except Exception as exc:
+            problems.append(f"transformers' AutoModel cannot load the folder: {type(exc).__name__}: {exc}")
     try:
         card = ModelCard.load(folder / CARD_FILE)
         if card.data.get("library_name") != "timm":
@@ -185,7 +199,7 @@ def _upload_folder(folder: Path, repo_id: str, *, private: bool, revision: Optio
 def upload(source: Union[str, Path], repo_id: str, *, private: bool = False, dry_run: bool = False,
            revision: Optional[str] = None, commit_message: Optional[str] = None, force: bool = False,
            checkpoint=None, baseline_run=None, token: Optional[str] = None, endpoint: Optional[str] = None,
-           export_dir: Union[None, str, Path] = None) -> UploadResult:
+           export_dir: Union[None, str, Path] = None, publish_command: Optional[str] = None) -> UploadResult:
     """Validate and upload a run dir (exported on the fly) or an already exported folder.
 
     Args:
@@ -197,6 +211,7 @@ def upload(source: Union[str, Path], repo_id: str, *, private: bool = False, dry
         checkpoint / baseline_run: export options for a run dir (see ``export_run``).
         token: defaults to ``HF_TOKEN`` or the cached login. endpoint: defaults to ``HF_ENDPOINT``.
         export_dir: keep the exported folder here (default: a temporary folder).
+        publish_command: this command line, for the card's "How it was made".
     """
     source = Path(source)
     if not source.exists():
@@ -208,7 +223,7 @@ def upload(source: Union[str, Path], repo_id: str, *, private: bool = False, dry
             folder = Path(export_dir) if export_dir is not None else Path(tmp) / repo_id.split("/")[1]
             try:
                 export_run(source, folder, checkpoint, repo_id=repo_id, baseline_run=baseline_run,
-                           overwrite=export_dir is not None and force)
+                           publish_command=publish_command, overwrite=export_dir is not None and force)
             except (FileNotFoundError, FileExistsError, ValueError) as exc:
                 raise HubUploadError(f"cannot export {source}: {exc}") from None
         elif source.is_dir():
