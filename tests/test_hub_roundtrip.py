@@ -169,8 +169,22 @@ def test_export_rejects_weights_that_do_not_fit_the_architecture(run_dir, tmp_pa
     (fake / "run_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="do not load into simwnw_resnet18_cifar"):
         export_run(fake, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_names_missing_run_files(run_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
-        export_run(tmp_path / "out", tmp_path / "out2") if (tmp_path / "out").mkdir() is None else None
+        export_run(empty, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export_run(tmp_path / "nowhere", tmp_path / "out")
+    no_config = tmp_path / "no_config"
+    shutil.copytree(run_dir / "checkpoint-2", no_config / "checkpoint-2", ignore=shutil.ignore_patterns("training_state"))
+    with pytest.raises(FileNotFoundError, match="run_config.json is missing"):
+        export_run(no_config, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="missing or incomplete"):
+        export_run(run_dir, tmp_path / "out", checkpoint=7)
 
 
 def test_validation_catches_broken_folders(exported, tmp_path):
