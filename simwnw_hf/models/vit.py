@@ -84,6 +84,11 @@ class SimWnWVisionTransformer(VisionTransformer):
                      g2: Optional[Geometry] = None) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
         """Pooled pre-logits features of both views and the stats of the pruning (contract: ``ssl/pair.py``).
 
+        Stats (FLOPs for both views, forward + backward when gradients are on; :mod:`simwnw_hf.tokens.flops`):
+        ``dense_flops`` (unpruned encoder), ``kept_flops`` (encoder at the sequence lengths actually run),
+        ``overhead_flops`` (selection work: PSNR matching, similarity or class-attention rows, fusion),
+        ``kept_token_ratio`` (tokens x blocks run / dense tokens x blocks, times ``pairs``), ``pairs``
+        (= B), and for SimWnW ``removal_ratio`` (similar-pixel fraction of the matcher, times ``pairs``).
         With pruning disabled both views run dense (still in lockstep) and ``kept_flops == dense_flops``.
         """
         for name, x in (("x1", x1), ("x2", x2)):

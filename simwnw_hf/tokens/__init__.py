@@ -53,5 +53,5 @@ def build_pair_pruner(method: str = "simwnw", depth: int = 12, psnr_threshold: f
     return SimPrune(prune_layers=layers, keep_rate=float(keep_rate), difficulty_span=float(difficulty_span))
 
 
-__all__ = ["PairTokenPruner", "SimWnWTokenDrop", "SimPrune", "EViT", "build_pair_pruner", "PRUNING_METHODS",
+__all__ = ["PairTokenPruner", "TokenGroup", "SimWnWTokenDrop", "SimPrune", "EViT", "build_pair_pruner", "PRUNING_METHODS",
            "ViTFlops", "vit_flops", "flop_counter", "keep_tokens"]

@@ -58,30 +58,42 @@ def match_pairs(sim: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """One-to-one pairing of online tokens with their most similar free token of the other branch.
 
     sim: (B, n, n) -> partner (B, n) long (view-2 index paired with each view-1 token), pair_sim (B, n).
+
+    Rounds as in the module doc. A free row's proposal stays valid until its column is taken (columns
+    only disappear), so after the first full argmax only the rows that just lost their column look
+    again: a round costs O(B n) plus one row argmax per loser, not a pass over the (B, n, n) matrix.
     """
     batch, n, n2 = sim.shape
     if n != n2:
         raise ValueError(f"SimPrune pairs tokens one-to-one; the branches hold {n} and {n2} tokens")
     device = sim.device
+    ninf = float("-inf")
+    work = sim.float().clone()                                      # taken columns become -inf
+    rows = torch.arange(n, device=device).expand(batch, n)          # (B, n) row index of each proposal
     partner = torch.full((batch, n), -1, dtype=torch.long, device=device)
     row_free = torch.ones(batch, n, dtype=torch.bool, device=device)
-    col_free = torch.ones(batch, n, dtype=torch.bool, device=device)
-    ninf = torch.tensor(float("-inf"), device=device)
+    choice = work.argmax(dim=2)                                     # (B, n) proposals; ties: lowest column
+    value = work.gather(2, choice[..., None])[..., 0]               # (B, n) their similarity
     for _ in range(n):                      # every round pairs at least one token of each unfinished sample
         if not bool(row_free.any()):
             break
-        open_ = torch.where(row_free[:, :, None] & col_free[:, None, :], sim, ninf)   # (B, n, n)
-        choice = open_.argmax(dim=2)                                                   # (B, n) proposals
-        value = open_.gather(2, choice[..., None])[..., 0]                             # (B, n)
-        proposals = torch.full_like(sim, float("-inf"))
-        proposals.scatter_(2, choice[..., None], torch.where(row_free, value, ninf)[..., None])
-        winner = proposals.argmax(dim=1)                                               # (B, n) per column
-        accepted = col_free & (proposals.gather(1, winner[:, None])[:, 0] > float("-inf"))
-        b_idx, j_idx = accepted.nonzero(as_tuple=True)
-        i_idx = winner[b_idx, j_idx]
+        offer = torch.where(row_free, value, torch.full_like(value, ninf))
+        best = torch.full((batch, n), ninf, device=device).scatter_reduce(1, choice, offer, "amax")
+        top = row_free & (offer == best.gather(1, choice))          # best offer of its column (maybe tied)
+        first = torch.full((batch, n), n, dtype=torch.long, device=device).scatter_reduce(
+            1, choice, torch.where(top, rows, torch.full_like(rows, n)), "amin")
+        win = top & (first.gather(1, choice) == rows)               # ties: lowest row index
+        b_idx, i_idx = win.nonzero(as_tuple=True)
+        j_idx = choice[b_idx, i_idx]
         partner[b_idx, i_idx] = j_idx
         row_free[b_idx, i_idx] = False
-        col_free[b_idx, j_idx] = False
+        work[b_idx, :, j_idx] = ninf                                # (k, n): column j of sample b is taken
+        lost = row_free & torch.isneginf(work.gather(2, choice[..., None])[..., 0])
+        lb, li = lost.nonzero(as_tuple=True)
+        if lb.numel():
+            again = work[lb, li]                                    # (L, n) rows of the losers
+            choice[lb, li] = again.argmax(dim=1)
+            value[lb, li] = again.gather(1, choice[lb, li][:, None])[:, 0]
     return partner, sim.gather(2, partner[..., None])[..., 0]
 
 

@@ -1,0 +1,159 @@
+"""Training-step wall time of each token-pruning mode vs the dense step, interleaved in one run.
+
+A step is what an SSL framework runs for its encoder: both views forward through the ViT (pooled
+pre-logits features), a loss on the two features, backward. The dense step is the trainer's own
+(``encode_pair(..., prune=False)``: two separate ``encoder(x)`` calls); pruned steps go through
+``forward_pair``, including the pruner's selection work (for SimWnW: PSNR block matching on the CPU).
+Modes run interleaved (A, B, C, D, A, B, ...; order rotated every round) so drifting machine load hits
+them alike; we report median times as ratios to the dense step next to the FLOPs ratio
+``(kept_flops + overhead_flops) / dense_flops`` that ``forward_pair`` reports.
+
+Views are real: ``imagenet-sample/dev.parquet`` images through ``TwoViewTransform(image_size)``
+(SimCLR-style crops, flips and colour jitter, geometry recorded), normalised with the model's mean/std.
+
+    python benchmarks/token_pruning_step.py --model simwnw_vit_tiny_patch16_224 --batch-size 16 --rounds 6 \
+        --out benchmarks/results/token_pruning_step.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import timm
+import torch
+from PIL import Image
+from torch.utils.data import default_collate
+
+import simwnw_hf  # noqa: F401  (registers simwnw_vit_*)
+from simwnw_hf.data.views import TwoViewTransform
+from simwnw_hf.ssl.pair import encode_pair
+
+DATA = Path("/work/shared/data/imagenet-sample/dev.parquet")
+
+
+def load_batch(model, batch_size: int, image_size: int, seed: int):
+    table = pq.read_table(DATA, columns=["image"]).slice(0, batch_size).to_pylist()
+    cfg = model.pretrained_cfg
+    transform = TwoViewTransform(image_size=image_size, mean=cfg["mean"], std=cfg["std"])
+    gen = torch.Generator().manual_seed(seed)
+    samples = [transform(Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB"), gen) for row in table]
+    batch = default_collate(samples)
+    return batch["views"][0], batch["views"][1], batch["geometry"][0], batch["geometry"][1]
+
+
+def make_modes(args):
+    """name -> configure_pair_pruning settings (None: the trainer's dense step)."""
+    layers = tuple(args.prune_layers)
+    return {
+        "dense": None,
+        "simwnw": dict(method="simwnw", psnr_threshold=args.psnr_threshold, token_groups=args.token_groups),
+        "simwnw_1group": dict(method="simwnw", psnr_threshold=args.psnr_threshold, token_groups=1),
+        "simprune": dict(method="simprune", prune_layers=layers, keep_rate=args.keep_rate),
+        "evit": dict(method="evit", prune_layers=layers, keep_rate=args.keep_rate),
+    }
+
+
+def step(model, settings, x1, x2, g1, g2):
+    """One encoder training step; returns ((wall seconds, process CPU seconds), stats)."""
+    model.zero_grad(set_to_none=True)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    if settings is None:
+        f1, f2, stats = encode_pair(model, x1, x2, g1, g2, prune=False)
+    else:
+        model.configure_pair_pruning(**settings)
+        f1, f2, stats = model.forward_pair(x1, x2, g1, g2)
+    loss = -torch.nn.functional.cosine_similarity(f1, f2, dim=-1).mean()
+    loss.backward()
+    return (time.perf_counter() - start, time.process_time() - cpu_start), stats
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="simwnw_vit_tiny_patch16_224")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--psnr-threshold", type=float, default=20.0)
+    parser.add_argument("--token-groups", type=int, default=4)
+    parser.add_argument("--keep-rate", type=float, default=0.8)
+    parser.add_argument("--prune-layers", type=int, nargs="+", default=[4, 7, 10])
+    parser.add_argument("--progress", type=float, default=0.5, help="SimPrune schedule position")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model = timm.create_model(args.model, num_classes=0).train()
+    model.set_progress(args.progress)
+    x1, x2, g1, g2 = load_batch(model, args.batch_size, args.image_size, args.seed)
+    modes = make_modes(args)
+    names = list(modes)
+    times = {name: [] for name in names}
+    cpu_times = {name: [] for name in names}
+    stats = {}
+    for r in range(args.warmup + args.rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            (seconds, cpu), st = step(model, modes[name], x1, x2, g1, g2)
+            if r >= args.warmup:
+                times[name].append(seconds)
+                cpu_times[name].append(cpu)
+            stats[name] = st
+        print(f"round {r}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names if times[n]), flush=True)
+
+    dense_time = statistics.median(times["dense"])
+    dense_cpu = statistics.median(cpu_times["dense"])
+    ref = stats["simprune"]  # every pruned mode reports the same dense_flops
+    lines = [
+        f"# Token-pruning training step: {args.model}, batch {args.batch_size} pairs, {args.image_size}px",
+        "",
+        f"Command: `python benchmarks/token_pruning_step.py --model {args.model} --batch-size {args.batch_size} "
+        f"--image-size {args.image_size} --rounds {args.rounds} --threads {args.threads} "
+        f"--psnr-threshold {args.psnr_threshold} --token-groups {args.token_groups} --keep-rate {args.keep_rate} "
+        f"--prune-layers {' '.join(map(str, args.prune_layers))} --progress {args.progress}`",
+        "",
+        f"CPU, {args.threads} threads (shared machine), torch {torch.__version__}, timm {timm.__version__}. "
+        f"Median of {args.rounds} interleaved rounds after {args.warmup} warm-up; one step = forward of both views + "
+        "cosine loss + backward. Dense = the trainer's dense step (two `encoder(x)` calls). CPU = process CPU "
+        "time (with 1 thread, the compute the step did, less sensitive than wall time to the other jobs on the "
+        "machine). "
+        f"Dense step FLOPs (fwd+bwd, both views): {ref['dense_flops'] / 1e9:.1f} GFLOPs.",
+        "",
+        "| mode | median wall (s) | wall / dense | median CPU (s) | CPU / dense | FLOPs / dense (kept + overhead) | "
+        "kept-token ratio | overhead FLOPs / dense | similar-pixel ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        t, c = statistics.median(times[name]), statistics.median(cpu_times[name])
+        st = stats[name]
+        if name == "dense":
+            lines.append(f"| dense | {t:.3f} | 1.000 | {c:.3f} | 1.000 | 1.000 | 1.000 | 0 | - |")
+            continue
+        pairs = st["pairs"]
+        flops = (st["kept_flops"] + st["overhead_flops"]) / st["dense_flops"]
+        removal = f"{st['removal_ratio'] / pairs:.3f}" if "removal_ratio" in st else "-"
+        lines.append(f"| {name} | {t:.3f} | {t / dense_time:.3f} | {c:.3f} | {c / dense_cpu:.3f} | {flops:.3f} | "
+                     f"{st['kept_token_ratio'] / pairs:.3f} | "
+                     f"{st['overhead_flops'] / st['dense_flops']:.4f} | {removal} |")
+    lines.append("")
+    lines.append("Wall times (s): " + "; ".join(f"{n}: " + ", ".join(f"{t:.2f}" for t in times[n]) for n in names))
+    lines.append("")
+    lines.append("CPU times (s): " + "; ".join(f"{n}: " + ", ".join(f"{t:.2f}" for t in cpu_times[n]) for n in names))
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "a") as fh:
+            fh.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
