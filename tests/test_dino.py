@@ -45,6 +45,17 @@ def test_loss_matches_paper_pseudocode(num_student):
         torch.testing.assert_close(criterion(list(student), list(teacher)), slow)
 
 
+def test_loss_is_float32_under_autocast():
+    student, teacher = torch.randn(3, 4, 512), torch.randn(2, 4, 512)
+    reference = dino_cross_entropy(student, teacher, torch.zeros(1, 512), 0.1, 0.04)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = dino_cross_entropy(student.bfloat16(), teacher.bfloat16(), torch.zeros(1, 512), 0.1, 0.04)
+    assert low.dtype == torch.float32
+    expected = dino_cross_entropy(student.bfloat16().float(), teacher.bfloat16().float(), torch.zeros(1, 512), 0.1, 0.04)
+    torch.testing.assert_close(low, expected)
+    assert (low - reference).abs() < 0.05 * reference.abs()
+
+
 def test_loss_gradient_reaches_student_only():
     student = torch.randn(3, 4, 8, requires_grad=True)
     teacher = torch.randn(2, 4, 8, requires_grad=True)

@@ -59,11 +59,15 @@ def dino_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
                          f"{num_teacher} global views with the same batch and dim {batch, dim}")
     if num_student * num_teacher - num_teacher == 0:
         raise ValueError("DINO needs at least two views (a single view has no pair of different views)")
+    # at least float32 even under autocast: a low-precision sum over K = 65536 classes loses the signal
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    teacher_logits, student_logits = teacher_logits.detach().to(dtype), student_logits.to(dtype)
     # centering + sharpening of the teacher, temperature softmax of the student
-    teacher_probs = F.softmax((teacher_logits.detach() - center.reshape(1, 1, dim)) / teacher_temp, dim=-1)
+    teacher_probs = F.softmax((teacher_logits - center.reshape(1, 1, dim).to(dtype)) / teacher_temp, dim=-1)
     student_logp = F.log_softmax(student_logits / student_temp, dim=-1)
-    # ce[t, v] = mean over the batch of -sum_k P_t[k] log P_v[k]: (T, V)
-    ce = -torch.einsum("tbk,vbk->tv", teacher_probs, student_logp) / batch
+    # ce[t, v] = mean over the batch of -sum_k P_t[k] log P_v[k]: (T, V); autocast would lower the einsum
+    with torch.autocast(device_type=student_logp.device.type, enabled=False):
+        ce = -torch.einsum("tbk,vbk->tv", teacher_probs, student_logp) / batch
     different_view = ~torch.eye(num_teacher, num_student, dtype=torch.bool, device=ce.device)  # (T, V)
     return ce[different_view].mean()
 
@@ -76,7 +80,7 @@ def batch_center(teacher_logits: torch.Tensor) -> torch.Tensor:
     centre, computed from the global batch as in the reference implementation.
     """
     dim = teacher_logits.shape[-1]
-    flat = teacher_logits.detach().reshape(-1, dim)  # (T*B, K)
+    flat = teacher_logits.detach().float().reshape(-1, dim)  # (T*B, K)
     total = flat.sum(dim=0, keepdim=True)  # (1, K)
     count = flat.shape[0] * world_size()
     if world_size() > 1:
