@@ -125,7 +125,7 @@ def test_model_card_metadata_and_body(exported):
     card = ModelCard.load(exported / "README.md")
     record = read_training_record(exported)
     assert card.data.library_name == "timm" and card.data.license == "apache-2.0"
-    assert card.data.datasets == ["cifar10"] and "simwnw" in card.data.tags
+    assert card.data.datasets == ["uoft-cs/cifar10"] and "simwnw" in card.data.tags
     assert card.data.training_flops == record["train_flops"]
     assert card.data.dense_training_flops == record["dense_train_flops"]
     (result,) = card.data.eval_results

@@ -30,19 +30,26 @@ PAPER_EPOCHS = 800  # SimWnW paper, Table 1: training from scratch, 800 epochs
 def hub_dataset_id(dataset: Optional[str]) -> Optional[str]:
     """Hub dataset id for the card's ``datasets`` field, or None for a local dataset we cannot name.
 
-    The bundled ``sample`` and local CIFAR-10 parquet files are subsets of ``cifar10``.
+    The bundled ``sample`` and local CIFAR-10 parquet files are subsets of ``uoft-cs/cifar10``.
     """
     if not dataset:
         return None
     text = str(dataset)
     lowered = text.lower()
     if text in ("sample", "default", "cifar10-sample") or "simwnw_hf/data/sample" in text or "cifar10" in lowered:
-        return "cifar10"
+        return "uoft-cs/cifar10"
     if "imagenet" in lowered and text.startswith(("/", ".", "~")):
         return "ILSVRC/imagenet-1k"
     if text.startswith(("/", ".", "~")) or Path(text).exists():
         return None
     return text  # already a Hub id
+
+
+def _dataset_label(source) -> str:
+    """Human name of a dataset source; the bundled sample is named for what it is."""
+    if str(source) in ("sample", "default", "cifar10-sample", "None"):
+        return "CIFAR-10 subset bundled with simwnw_hf"
+    return str(source)
 
 
 def _flops(value) -> str:
@@ -157,7 +164,8 @@ def _row(name: str, record: dict, dense_flops) -> dict:
             "saving": saving, "wall": _seconds(record.get("wall_time_s")), "hardware": record.get("hardware") or "n/a"}
 
 
-def _eval_results(record: dict, dataset_type: str, dataset_name: str) -> list:
+def _eval_results(record: dict, dataset_type: str) -> list:
+    """model-index entries; each names the dataset it was measured on and how many test images."""
     results = []
     names = {"knn": "kNN top-1", "linear": "linear-probe top-1"}
     for protocol, result in sorted((record.get("eval") or {}).items()):
@@ -167,9 +175,12 @@ def _eval_results(record: dict, dataset_type: str, dataset_name: str) -> list:
         label = names.get(protocol, f"{protocol} top-1")
         if args:
             label += " (" + ", ".join(f"{k}={v}" for k, v in args.items()) + ")"
+        if result.get("num_test"):
+            label += f" on {result['num_test']} test images"
+        evaluated_on = hub_dataset_id(result.get("dataset")) or dataset_type
         results.append(EvalResult(
             task_type="image-classification", task_name="Image Classification",
-            dataset_type=dataset_type, dataset_name=dataset_name,
+            dataset_type=evaluated_on, dataset_name=_dataset_label(result.get("dataset") or evaluated_on),
             dataset_split=result.get("test_split") or result.get("split"),
             metric_type="accuracy", metric_name=label, metric_value=round(float(result["top1"]), 4),
             metric_args=args or None))
@@ -194,7 +205,6 @@ def render_card(record: dict, config: dict, repo_id: str, baseline: Optional[dic
     """
     method = _method(record)
     dataset_type = dataset_id or hub_dataset_id(record.get("dataset")) or Path(str(record.get("dataset"))).stem
-    dataset_name = f"{dataset_type} ({record.get('eval', {}).get('knn', {}).get('test_split', 'test')} split)"
     framework = record.get("framework")
     extras = {
         "ssl_framework": framework,
@@ -214,7 +224,7 @@ def render_card(record: dict, config: dict, repo_id: str, baseline: Optional[dic
         datasets=[d for d in datasets if d] or None,
         license=license or (config.get("pretrained_cfg") or {}).get("license") or "apache-2.0",
         model_name=repo_id.split("/")[-1],
-        eval_results=_eval_results(record, dataset_type, dataset_name) or None,
+        eval_results=_eval_results(record, dataset_type) or None,
         **{k: v for k, v in extras.items() if v is not None},
     )
 
@@ -258,7 +268,7 @@ def render_card(record: dict, config: dict, repo_id: str, baseline: Optional[dic
         pruning_name=PRUNING_NAMES.get(method, method) if method else None,
         saving_pct_text="n/a" if saving is None else f"{saving:.1f}%",
         pruning_text=pruning_text,
-        dataset_text=f"`{record.get('dataset')}` split `{record.get('split')}`"
+        dataset_text=f"{_dataset_label(record.get('dataset'))}, split `{record.get('split')}`"
                      + (f", {record['num_images']} images" if record.get("num_images") else ""),
         steps=record.get("steps"),
         epochs_text="n/a" if record.get("epochs") is None else f"{float(record['epochs']):.2f}",
