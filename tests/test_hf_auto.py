@@ -107,6 +107,20 @@ def test_classification_head_loss_and_round_trip(kind, tmp_path):
         torch.testing.assert_close(fresh.timm_model.forward_features(x), encoder.forward_features(x), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("kind", ["resnet", "vit"])
+def test_activation_checkpointing_reaches_timm(kind):
+    model = from_timm(make_timm(kind), model_args=ENCODERS[kind][1]).train()
+    x = pixels(kind)
+    model(x).pooler_output.square().sum().backward()
+    reference = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    assert model.timm_model.grad_checkpointing
+    model(x).pooler_output.square().sum().backward()
+    for p, g in zip(model.parameters(), reference):
+        torch.testing.assert_close(p.grad, g)
+
+
 def test_fresh_model_starts_like_timm():
     architecture, model_args, _ = ENCODERS["resnet"]
     torch.manual_seed(3)

@@ -56,6 +56,7 @@ class SimWnWPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     _no_split_modules = []
     _supports_sdpa = True  # timm's attention already calls F.scaled_dot_product_attention
+    supports_gradient_checkpointing = True  # through timm's set_grad_checkpointing (ResNet and ViT have it)
     accepts_loss_kwargs = False
 
     def _keep_timm_init(self) -> None:
