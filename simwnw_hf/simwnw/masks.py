@@ -8,7 +8,8 @@ Waning (§4.2.1, Fig. 5)
     region: one kept pixel inside the window makes the output depend on kept data. Padding is not a
     kept pixel (zero padding contributes nothing), so an output whose window covers only removed
     pixels and padding is skippable. Implemented as a max-pool of the *kept* indicator with the
-    conv's kernel/stride/dilation over a zero-padded map: ``kept_out = maxpool(kept) > 0``.
+    conv's kernel/stride/dilation over a zero-padded map: ``kept_out = maxpool(kept) > 0``
+    (computed as a separable OR of strided slices, :func:`window_any`).
     Per channel, this gives the (output position, input channel) pairs whose partial sum is
     non-zero; see :func:`active_inputs` and ``masked_exec``/``flops`` for how that is used.
 
@@ -53,10 +54,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 __all__ = [
-    "wane", "active_inputs", "ring_distance", "Correspondence", "block_correspondence", "wax",
+    "wane", "window_any", "active_inputs", "ring_distance", "Correspondence", "block_correspondence", "wax",
     "WaxResult", "pair_expander", "stage_masks", "PSNR_PAIR_FLOPS", "PEAK_FLOPS",
 ]
 
@@ -68,6 +68,32 @@ def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
+def window_any(mask: torch.Tensor, kernel_size, stride=1, padding=0, dilation=1) -> torch.Tensor:
+    """``True`` where a conv window (padding counts as ``False``) holds any ``True`` of ``mask``.
+
+    ``mask``: (..., H, W) bool. Separable OR of strided slices: a rectangle holds a ``True`` iff one
+    of its rows does after OR-ing along the rows (bool ops, much cheaper than a float max-pool).
+    """
+    kh, kw = _pair(kernel_size)
+    sh, sw = _pair(stride)
+    ph, pw = _pair(padding)
+    dh, dw = _pair(dilation)
+    h, w = mask.shape[-2:]
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if ho <= 0 or wo <= 0:
+        raise ValueError(f"window {kh}x{kw} (padding {padding}, dilation {dilation}) does not fit a {h}x{w} map")
+    padded = mask.new_zeros(*mask.shape[:-2], h + 2 * ph, w + 2 * pw)
+    padded[..., ph:ph + h, pw:pw + w] = mask
+    rows = padded[..., 0:sh * (ho - 1) + 1:sh, :].clone()  # (..., Ho, W + 2pw)
+    for i in range(1, kh):
+        rows |= padded[..., i * dh:i * dh + sh * (ho - 1) + 1:sh, :]
+    out = rows[..., 0:sw * (wo - 1) + 1:sw].clone()  # (..., Ho, Wo)
+    for j in range(1, kw):
+        out |= rows[..., j * dw:j * dw + sw * (wo - 1) + 1:sw]
+    return out
+
+
 def active_inputs(removed: torch.Tensor, kernel_size, stride=1, padding=0, dilation=1) -> torch.Tensor:
     """Output-resolution map of windows that contain at least one kept pixel, per channel.
 
@@ -77,11 +103,7 @@ def active_inputs(removed: torch.Tensor, kernel_size, stride=1, padding=0, dilat
     if removed.dtype != torch.bool or removed.dim() != 4:
         raise ValueError(f"removed mask must be a 4-d bool tensor (B, C, H, W), got {removed.dtype} "
                          f"with shape {tuple(removed.shape)}")
-    kh, kw = _pair(kernel_size)
-    ph, pw = _pair(padding)
-    kept = (~removed).to(torch.float32)
-    kept = F.pad(kept, (pw, pw, ph, ph), value=0.0)  # padded zeros are not kept pixels
-    return F.max_pool2d(kept, (kh, kw), stride=_pair(stride), padding=0, dilation=_pair(dilation)) > 0
+    return window_any(~removed, kernel_size, stride, padding, dilation)
 
 
 def wane(removed: torch.Tensor, kernel_size, stride=1, padding=0, dilation=1) -> torch.Tensor:
@@ -100,15 +122,15 @@ def ring_distance(removed: torch.Tensor, max_rings: int) -> torch.Tensor:
     """Chebyshev distance of every pixel to the removed region, capped at ``max_rings + 1``.
 
     ``removed``: (B, C, H, W) bool. Returns (B, C, H, W) uint8; 0 on removed pixels. Computed by
-    ``max_rings`` 3x3 dilations (a 3x3 max-pool is one Chebyshev step): the distance is the number
+    ``max_rings`` 3x3 dilations (one 3x3 dilation is one Chebyshev step): the distance is the number
     of dilation levels ``0..max_rings`` that do not reach the pixel.
     """
-    grown = removed.to(torch.float32)
-    dist = 1.0 - grown  # dist = #{k in 0..max_rings : pixel not within k steps of the region}
+    grown = removed
+    dist = (~grown).to(torch.uint8)  # dist = #{k in 0..max_rings : pixel not within k steps of the region}
     for _ in range(max_rings):
-        grown = F.max_pool2d(grown, 3, stride=1, padding=1)  # one Chebyshev ring outward
-        dist += 1.0 - grown
-    return dist.to(torch.uint8)
+        grown = window_any(grown, 3, 1, 1)  # one Chebyshev ring outward
+        dist += ~grown
+    return dist
 
 
 @dataclass(frozen=True)
