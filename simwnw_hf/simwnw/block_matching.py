@@ -46,8 +46,11 @@ METHODS = ("diamond", "exhaustive")
 LARGE_DIAMOND = torch.tensor([[0, 0], [-2, 0], [-1, -1], [-1, 1], [0, -2], [0, 2], [1, -1], [1, 1], [2, 0]])
 SMALL_DIAMOND = torch.tensor([[0, 0], [-1, 0], [0, -1], [0, 1], [1, 0]])
 
-# Elements of the (query, block, block, channel) tensor gathered at once; bounds peak memory.
-_GATHER_BUDGET = 1 << 23
+# Elements of the (query, block*block*channel) tensor gathered at once. On CPU small chunks stay in
+# cache and avoid page-faulting a fresh large buffer per chunk (2^19 was 1.6x faster than 2^23 at
+# 224px); accelerators prefer few large kernels, with peak memory still bounded.
+_GATHER_BUDGET = {"cpu": 1 << 19}
+_GATHER_BUDGET_DEFAULT = 1 << 25
 
 
 def default_block_size(image_size: int) -> int:
@@ -220,7 +223,7 @@ class _PairPSNR:
         """PSNR for pairs ``n`` (Q,) at lattice points ``k`` (Q, 2), in chunks bounded by memory."""
         out = torch.empty(n.shape[0], dtype=torch.float32, device=n.device)
         per_query = self.tiles.shape[1]
-        chunk = max(1, _GATHER_BUDGET // per_query)
+        chunk = max(1, _GATHER_BUDGET.get(n.device.type, _GATHER_BUDGET_DEFAULT) // per_query)
         for s in range(0, n.shape[0], chunk):
             nn_, kk = n[s:s + chunk], k[s:s + chunk] * self.step
             image = nn_ // self.nb
