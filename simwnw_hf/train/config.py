@@ -32,6 +32,7 @@ class TrainConfig:
     warmup_steps: int = 0
     seed: int = 0
     num_workers: int = 0
+    mixed_precision: Optional[str] = None  # no | bf16 | fp16; None: what `accelerate launch` / config says
     output_dir: str = "runs/simsiam"
     resume: bool = False  # continue from the newest complete checkpoint in output_dir
     save_every: int = 500  # steps between checkpoints (a final one is always written)
@@ -66,6 +67,8 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ValueError(f"--max-steps must be positive, got {self.max_steps}")
+        if self.mixed_precision not in (None, "no", "bf16", "fp16"):
+            raise ValueError(f"--mixed-precision must be no, bf16 or fp16, got '{self.mixed_precision}'")
         if self.token_pruning not in (None, "simwnw", "simprune", "evit"):
             raise ValueError(f"--token-pruning must be simwnw, simprune or evit, got '{self.token_pruning}'")
         if self.simwnw and self.token_pruning:

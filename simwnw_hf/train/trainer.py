@@ -41,8 +41,11 @@ def is_vit(backbone: torch.nn.Module) -> bool:
 
 def build_backbone(cfg: TrainConfig) -> torch.nn.Module:
     """Headless timm backbone with pair pruning configured as the config asks."""
+    kwargs = cfg.model_kwargs
+    if cfg.framework == "dino" and cfg.n_local_crops and "vit" in cfg.model:
+        kwargs.setdefault("dynamic_img_size", True)  # local crops are smaller than the global views
     try:
-        backbone = timm.create_model(cfg.model, num_classes=0, **cfg.model_kwargs)
+        backbone = timm.create_model(cfg.model, num_classes=0, **kwargs)
     except RuntimeError as exc:
         raise ValueError(f"cannot create timm model '{cfg.model}': {exc}") from exc
     if cfg.pruning is not None:
@@ -148,7 +151,7 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
 
 def train(cfg: TrainConfig) -> dict:
     """Pre-train, checkpoint, and (optionally) report kNN top-1; returns the run summary."""
-    accelerator = Accelerator()
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     if list_checkpoints(out) and not cfg.resume:
