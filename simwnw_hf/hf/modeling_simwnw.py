@@ -54,7 +54,7 @@ class SimWnWPreTrainedModel(PreTrainedModel):
     base_model_prefix = "timm_model"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
-    _no_split_modules = []
+    _no_split_modules = ["SimWnWResNet", "SimWnWVisionTransformer"]  # device_map keeps a timm model whole
     _supports_sdpa = True  # timm's attention already calls F.scaled_dot_product_attention
     supports_gradient_checkpointing = True  # through timm's set_grad_checkpointing (ResNet and ViT have it)
     accepts_loss_kwargs = False

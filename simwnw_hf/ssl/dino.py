@@ -253,7 +253,9 @@ class DINO(nn.Module):
     @torch.no_grad()
     def set_progress(self, progress: float) -> None:
         """Fraction of training done; drives the teacher temperature warm-up and the last-layer freeze."""
-        self.progress.fill_(progress)
+        if not 0.0 <= float(progress) <= 1.0:
+            raise ValueError(f"progress must be in [0, 1], got {progress}")
+        self.progress.fill_(float(progress))
 
     @torch.no_grad()
     def momentum_update(self, progress: float) -> None:
@@ -261,4 +263,4 @@ class DINO(nn.Module):
         m = cosine_schedule(progress, self.base_momentum, 1.0)
         update_momentum(self.backbone, self.teacher_backbone, m)
         update_momentum(self.head, self.teacher_head, m)
-        self.progress.fill_(progress)
+        self.set_progress(min(max(float(progress), 0.0), 1.0))
