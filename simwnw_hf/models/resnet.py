@@ -21,6 +21,11 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from simwnw_hf.simwnw.block_matching import match_blocks
+from simwnw_hf.simwnw.flops import trace_flops
+from simwnw_hf.simwnw.masked_exec import masked_forward_features
+from simwnw_hf.simwnw.masks import pair_expander
+
 __all__ = ["SimWnWResNet", "PairPruningConfig"]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -99,10 +104,6 @@ class SimWnWResNet(ResNet):
         :meth:`configure_pair_pruning`, minus ``enabled``). ``h*``: final feature maps (B, C, h, w);
         ``trace``: the ``masked_exec`` records (convs, waxing overhead, per-stage masks).
         """
-        from simwnw_hf.simwnw.block_matching import match_blocks
-        from simwnw_hf.simwnw.masked_exec import masked_forward_features
-        from simwnw_hf.simwnw.masks import pair_expander
-
         if x1.dim() != 4 or x1.shape != x2.shape:
             raise ValueError(f"forward_pair needs two (B, C, H, W) views of equal shape, got "
                              f"{tuple(x1.shape)} and {tuple(x2.shape)}")
@@ -126,8 +127,6 @@ class SimWnWResNet(ResNet):
         forward + the backward autograd will run), ``overhead_flops`` (block matching + waxing),
         ``removal_ratio`` (input pixels removed, mean of both views) times ``pairs``, ``pairs``.
         """
-        from simwnw_hf.simwnw.flops import trace_flops
-
         match, (h1, h2), trace = self.run_pair(x1, x2, g1, g2)
         f1 = self.forward_head(h1, pre_logits=True)
         f2 = self.forward_head(h2, pre_logits=True)
