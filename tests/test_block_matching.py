@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from simwnw_hf.data.geometry import make_geometry
-from simwnw_hf.data.views import GeometricView
+from simwnw_hf.data.views import sample_crop_box
 from simwnw_hf.simwnw import (
     block_grid, counterpart_top_left, default_block_size, exhaustive_match, match_blocks, psnr, search_lattice,
 )
@@ -125,13 +125,11 @@ def test_geometry_window_contains_true_counterpart():
 
     hs, ws, size, block = 120, 150, 32, 5
     source = _coordinate_source(hs, ws)
-    maker = GeometricView(size, scale=(0.3, 1.0))
     gen = torch.Generator().manual_seed(3)
     checked = 0
     for _ in range(12):
         views, geoms = [], []
         for _ in range(2):
-            from simwnw_hf.data.views import sample_crop_box
             box = sample_crop_box(hs, ws, (0.3, 1.0), (3 / 4, 4 / 3), gen)
             flip = bool(torch.rand(1, generator=gen) < 0.5)
             v = TF.resized_crop(source.float(), *box, [size, size], antialias=True)
