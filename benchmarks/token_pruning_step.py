@@ -30,8 +30,9 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 import simwnw_hf  # noqa: F401  (registers simwnw_vit_*)
-from simwnw_hf.data.views import TwoViewTransform
+from simwnw_hf.data.views import TwoViewTransform, denormalize
 from simwnw_hf.ssl.pair import encode_pair
+from simwnw_hf.tokens.simwnw import match_tokens
 
 DATA = Path("/work/shared/data/imagenet-sample/dev.parquet")
 
@@ -55,6 +56,7 @@ def make_modes(args):
         "simwnw_1group": dict(method="simwnw", psnr_threshold=args.psnr_threshold, token_groups=1),
         "simprune": dict(method="simprune", prune_layers=layers, keep_rate=args.keep_rate),
         "evit": dict(method="evit", prune_layers=layers, keep_rate=args.keep_rate),
+        "simwnw_matching_only": "match",   # the PSNR block matching of a simwnw step, alone
     }
 
 
@@ -62,6 +64,12 @@ def step(model, settings, x1, x2, g1, g2):
     """One encoder training step; returns ((wall seconds, process CPU seconds), stats)."""
     model.zero_grad(set_to_none=True)
     start, cpu_start = time.perf_counter(), time.process_time()
+    if settings == "match":
+        cfg = model.pretrained_cfg
+        with torch.no_grad():
+            sel = match_tokens(denormalize(x1, cfg["mean"], cfg["std"]), denormalize(x2, cfg["mean"], cfg["std"]),
+                               g1, g2, model.patch_embed.patch_size[0])
+        return (time.perf_counter() - start, time.process_time() - cpu_start), {"match": sel.match}
     if settings is None:
         f1, f2, stats = encode_pair(model, x1, x2, g1, g2, prune=False)
     else:
@@ -136,6 +144,10 @@ def main():
         st = stats[name]
         if name == "dense":
             lines.append(f"| dense | {t:.3f} | 1.000 | {c:.3f} | 1.000 | 1.000 | 1.000 | 0 | - |")
+            continue
+        if name == "simwnw_matching_only":
+            lines.append(f"| (PSNR matching of a simwnw step, alone) | {t:.3f} | {t / dense_time:.3f} | {c:.3f} | "
+                         f"{c / dense_cpu:.3f} | {st['match'].overhead_flops / ref['dense_flops']:.4f} | - | - | - |")
             continue
         pairs = st["pairs"]
         flops = (st["kept_flops"] + st["overhead_flops"]) / st["dense_flops"]

@@ -15,7 +15,7 @@ from simwnw_hf.tokens import flop_counter
 from simwnw_hf.tokens.evit import class_attention, evit_reorganize
 from simwnw_hf.tokens.gather import keep_tokens
 from simwnw_hf.tokens.simprune import difficulty_offset, match_pairs, prune_count, simprune_select
-from simwnw_hf.tokens.simwnw import keep_least_similar, match_tokens, token_scores
+from simwnw_hf.tokens.simwnw import keep_least_similar, match_tokens, split_by_need, token_scores
 
 TINY = dict(img_size=32, patch_size=8, depth=4, embed_dim=64, num_heads=2)
 PATCH = 8
@@ -103,6 +103,17 @@ def test_keep_least_similar_policy():
     # sample 0 has 1 dissimilar token, sample 1 has 2: k = 2 for both; sample 0 fills with its least similar
     assert keep.tolist() == [[1, 2], [0, 3]]
     assert keep_least_similar(torch.full((1, 3), 50.0), torch.ones(1, 3, dtype=torch.bool)).shape == (1, 1)
+
+
+def test_split_by_need_groups_samples_of_similar_length():
+    similar = torch.zeros(5, 10, dtype=torch.bool)
+    for b, count in enumerate([7, 0, 3, 9, 5]):          # needs: 3, 10, 7, 1, 5
+        similar[b, :count] = True
+    chunks = split_by_need(similar, 2)
+    assert [c.tolist() for c in chunks] == [[3, 0, 4], [2, 1]]
+    assert [c.tolist() for c in split_by_need(similar, 9)] == [[3], [0], [4], [2], [1]]
+    with pytest.raises(ValueError, match="groups"):
+        split_by_need(similar, 0)
 
 
 def test_simwnw_token_scores_agree_with_pixel_masks():

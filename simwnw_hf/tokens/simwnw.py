@@ -42,8 +42,10 @@ __all__ = ["TokenMatch", "token_scores", "keep_least_similar", "split_by_need", 
 class TokenMatch:
     """Which patch tokens of each view to keep, and the matching that decided it."""
 
-    keep1: torch.Tensor      # (B, k1) long: kept view-1 patch tokens, ascending
+    keep1: torch.Tensor      # (B, k1) long: kept view-1 patch tokens, ascending (one group: k1 = batch max)
     keep2: torch.Tensor      # (B, k2) long: kept view-2 patch tokens, ascending
+    score1: torch.Tensor     # (B, N1) float: PSNR of each view-1 token's best match
+    score2: torch.Tensor     # (B, N2) float: best PSNR of the view-1 tokens matched to each view-2 token
     similar1: torch.Tensor   # (B, N1) bool: view-1 tokens with a similar match
     similar2: torch.Tensor   # (B, N2) bool: view-2 tokens matched by a similar view-1 token
     match: BlockMatch
@@ -105,7 +107,7 @@ def match_tokens(pixels1: torch.Tensor, pixels2: torch.Tensor, g1: Geometry, g2:
     grid2 = (pixels2.shape[-2] // patch, pixels2.shape[-1] // patch)
     score1, score2, similar1, similar2 = token_scores(match, grid2, patch)
     return TokenMatch(keep1=keep_least_similar(score1, similar1, min_keep),
-                      keep2=keep_least_similar(score2, similar2, min_keep),
+                      keep2=keep_least_similar(score2, similar2, min_keep), score1=score1, score2=score2,
                       similar1=similar1, similar2=similar2, match=match)
 
 
@@ -126,10 +128,8 @@ class SimWnWTokenDrop(PairTokenPruner):
         with torch.no_grad():
             sel = match_tokens(pixels1, pixels2, g1, g2, patch, self.psnr_threshold, self.search_window,
                                self.search_method, self.min_keep)
-            grid2 = (pixels2.shape[-2] // patch, pixels2.shape[-1] // patch)
-            score1, score2, similar1, similar2 = token_scores(sel.match, grid2, patch)
         views = []
-        for t, score, similar in ((t1, score1, similar1), (t2, score2, similar2)):
+        for t, score, similar in ((t1, sel.score1, sel.similar1), (t2, sel.score2, sel.similar2)):
             chunks = []
             for index in split_by_need(similar, self.groups):
                 keep = keep_least_similar(score[index], similar[index], self.min_keep)          # (b, k)
