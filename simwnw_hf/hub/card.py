@@ -11,6 +11,7 @@ the recipe, a dense-baseline vs this-encoder results table, and limitations stat
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 from typing import Optional
@@ -24,6 +25,7 @@ TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_cards" / "template.
 FRAMEWORK_NAMES = {"simclr": "SimCLR", "simsiam": "SimSiam", "byol": "BYOL", "moco": "MoCo v2",
                    "vicreg": "VICReg", "dino": "DINO"}
 PRUNING_NAMES = {"simwnw": "SimWnW", "simprune": "SimPrune", "evit": "EViT"}
+CHECKPOINT_NAME = re.compile(r"^checkpoint-\d+$")
 PAPER_EPOCHS = 800  # SimWnW paper, Table 1: training from scratch, 800 epochs
 
 
@@ -82,8 +84,8 @@ def _method(record: dict) -> Optional[str]:
     return (record.get("pruning") or {}).get("method")
 
 
-def train_command(record: dict) -> str:
-    """The ``training/<framework>.py`` command line of the recorded run.
+def train_command(record: dict, output_dir: Optional[str] = None) -> str:
+    """The ``training/<framework>.py`` command line of the recorded run (``--output-dir`` if given).
 
     From the run's full config (``train_config``): every flag that differs from ``TrainConfig``'s
     default, plus model, dataset, image and batch size always; without it (older records), from the
@@ -126,7 +128,31 @@ def train_command(record: dict) -> str:
             args += [flag, *map(str, value)]
         else:
             args += [flag, json.dumps(value) if isinstance(value, dict) else str(value)]
+    if output_dir:
+        args += ["--output-dir", output_dir]
     return " ".join(shlex.quote(a) for a in args)
+
+
+def eval_commands(record: dict, run_dir: str) -> list:
+    """``python -m simwnw_hf.eval`` command lines of the results that CLI produced (they name a checkpoint).
+
+    ``run_dir`` replaces the local path the result recorded, which is not worth publishing.
+    """
+    commands = []
+    for protocol, result in sorted((record.get("eval") or {}).items()):
+        if not isinstance(result, dict) or result.get("checkpoint") is None:
+            continue  # the trainer's own run-end kNN: part of the training command
+        target = Path(str(result["checkpoint"]))
+        checkpoint = f"{run_dir}/{target.name}" if CHECKPOINT_NAME.match(target.name) else run_dir
+        args = ["python", "-m", "simwnw_hf.eval", protocol, "--checkpoint", checkpoint,
+                "--dataset", str(result.get("dataset") or "sample")]
+        for key, flag in (("num_train", "--max-train"), ("num_test", "--max-test"), ("k", "--k"), ("t", "--t"),
+                          ("epochs", "--epochs"), ("lr", "--lr")):
+            if result.get(key) is not None:
+                args += [flag, str(result[key])]
+        args += ["--output-json", f"{run_dir}/eval.json"]
+        commands.append(" ".join(shlex.quote(a) for a in args))
+    return commands
 
 
 def _limitations(record: dict) -> list:
@@ -135,7 +161,7 @@ def _limitations(record: dict) -> list:
     epochs_text = f"{float(epochs):.2f} epochs" if epochs is not None else "an unknown number of epochs"
     images = f" ({record['num_images']} images)" if record.get("num_images") else ""
     lines.append(f"Trained {record['steps']} steps ({epochs_text}) on {record.get('hardware') or 'unknown hardware'} "
-                 f"on `{record.get('dataset')}`{images} at {record.get('image_size')} px. This is not a "
+                 f"on the {_dataset_label(record.get('dataset'))}{images} at {record.get('image_size')} px. This is not a "
                  f"reproduction of the SimWnW paper's {PAPER_EPOCHS}-epoch runs and its accuracy says little "
                  f"about what the recipe reaches at full length.")
     knn = (record.get("eval") or {}).get("knn")
@@ -185,6 +211,18 @@ def _eval_results(record: dict, dataset_type: str) -> list:
             metric_type="accuracy", metric_name=label, metric_value=round(float(result["top1"]), 4),
             metric_args=args or None))
     return results
+
+
+def _how_made(record: dict, baseline: Optional[dict], publish_command: str) -> str:
+    lines = []
+    for title, rec in (("# dense baseline", baseline), ("# this encoder", record)):
+        if rec is None:
+            continue
+        run_dir = rec.get("run_name") or "RUN_DIR"
+        if baseline is not None:
+            lines.append(title)
+        lines += [train_command(rec, output_dir=run_dir), *eval_commands(rec, run_dir)]
+    return "\n".join(lines + [publish_command])
 
 
 def render_card(record: dict, config: dict, repo_id: str, baseline: Optional[dict] = None,
@@ -289,9 +327,7 @@ def render_card(record: dict, config: dict, repo_id: str, baseline: Optional[dic
         protocol_text="; ".join(protocols) or "none recorded.",
         limitations=_limitations(record) + list(notes),
         model_args_text=", ".join(f"{k}={v!r}" for k, v in model_args.items()),
-        how_made="\n".join(
-            ([f"# dense baseline", train_command(baseline), "# this encoder"] if baseline is not None else [])
-            + [train_command(record), publish_command or f"python hub_upload.py RUN_DIR --repo-id {repo_id}"]),
+        how_made=_how_made(record, baseline, publish_command or f"python hub_upload.py RUN_DIR --repo-id {repo_id}"),
     )
     path = Path(template_path) if template_path is not None else TEMPLATE_PATH
     if not path.is_file():

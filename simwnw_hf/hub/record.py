@@ -148,6 +148,7 @@ def training_record(run_dir: Union[str, Path], checkpoint: Union[None, int, str,
         "global_batch_size": None,
         "lr": cfg.get("lr"),
         "seed": cfg.get("seed"),
+        "run_name": run_dir.resolve().name,  # the folder name only: no local paths in published records
         "checkpoint": ckpt.name,
         "final_checkpoint": final,
         **_from_counters(state, cfg),
@@ -168,9 +169,18 @@ def training_record(run_dir: Union[str, Path], checkpoint: Union[None, int, str,
     evaluation = _read_json(run_dir / "eval.json")
     if evaluation is None and summary is not None:
         evaluation = summary.get("eval")
-    record["eval"] = {protocol: result for protocol, result in (evaluation or {}).items()
-                      if _evaluates(result, ckpt, final)}
+    record["eval"] = {protocol: _relative_checkpoint(result, record["run_name"])
+                      for protocol, result in (evaluation or {}).items() if _evaluates(result, ckpt, final)}
     return record
+
+
+def _relative_checkpoint(result: dict, run_name: str) -> dict:
+    """An eval result whose ``checkpoint`` (a local path) is rewritten relative to the run's folder name."""
+    if result.get("checkpoint") is None:
+        return dict(result)
+    name = Path(str(result["checkpoint"])).name
+    relative = f"{run_name}/{name}" if CHECKPOINT_RE.match(name) or name.endswith(".safetensors") else run_name
+    return {**result, "checkpoint": relative}
 
 
 def _evaluates(result: dict, ckpt: Path, final: bool) -> bool:
