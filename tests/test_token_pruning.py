@@ -395,3 +395,17 @@ def test_bad_settings_and_inputs_are_named():
         model.forward_pair(x1, x2)
     with pytest.raises(ValueError, match="same images"):
         model.forward_pair(x1, x2[:1])
+
+
+def test_grad_checkpointing_and_copies_keep_the_pair_path():
+    import copy
+
+    model = _model().configure_pair_pruning(method="simprune", prune_layers=(1,), keep_rate=0.7)
+    x1, x2, g1, g2 = _views(model)
+    f1, f2, stats = model.forward_pair(x1, x2, g1, g2)
+    twin = copy.deepcopy(model)            # the trainer meters dense FLOPs on a deep copy
+    twin.set_grad_checkpointing(True)
+    c1, c2, cstats = twin.forward_pair(x1, x2, g1, g2)
+    (c1.sum() + c2.sum()).backward()
+    assert torch.allclose(f1, c1, atol=1e-6) and torch.allclose(f2, c2, atol=1e-6)
+    assert cstats["kept_token_ratio"] == stats["kept_token_ratio"] and twin.pair_pruning_enabled
