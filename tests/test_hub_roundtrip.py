@@ -321,6 +321,8 @@ def test_upload_error_paths(exported, hub, online, monkeypatch, tmp_path):
     # nothing listening at the endpoint
     with pytest.raises(EndpointUnreachableError, match="cannot reach"):
         upload(exported, "tester/enc2", token=TOKEN, endpoint=f"http://127.0.0.1:{_free_port()}")
+    with pytest.raises(EndpointUnreachableError, match="not an http"):
+        upload(exported, "tester/enc2", token=TOKEN, endpoint="127.0.0.1:1")
 
     # missing files / bad arguments
     partial = tmp_path / "partial"

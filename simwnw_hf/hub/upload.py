@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-import httpx2
 from huggingface_hub import HfApi, ModelCard, constants, get_token
 from huggingface_hub.errors import (HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError,
                                    RevisionNotFoundError)
@@ -35,6 +34,22 @@ __all__ = ["HubUploadError", "MissingTokenError", "RepoExistsError", "EndpointUn
            "FolderValidationError", "UploadResult", "validate_folder", "upload"]
 
 REQUIRED_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE)
+
+
+def _transport_errors() -> tuple:
+    """Connection/timeout error classes of whichever HTTP client this huggingface_hub uses
+    (httpx2 for 2.x, httpx for 1.x, requests before)."""
+    errors = []
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"),
+                         ("requests", "ConnectionError"), ("requests", "Timeout")):
+        try:
+            errors.append(getattr(__import__(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
+TRANSPORT_ERRORS = _transport_errors()
 
 
 class HubUploadError(RuntimeError):
@@ -178,9 +193,10 @@ def _upload_folder(folder: Path, repo_id: str, *, private: bool, revision: Optio
                                  commit_message=commit_message or f"Upload {folder.name} with simwnw_hf hub_upload.py")
     except OfflineModeIsEnabled:
         raise EndpointUnreachableError("HF_HUB_OFFLINE is set: unset it (or use --dry-run) to upload") from None
-    except httpx2.UnsupportedProtocol:
-        raise EndpointUnreachableError(f"the Hub endpoint {api.endpoint!r} is not an http(s) URL; check HF_ENDPOINT") from None
-    except httpx2.TransportError as exc:  # connection refused, DNS, timeout, proxy
+    except TRANSPORT_ERRORS as exc:  # connection refused, DNS, timeout, proxy, not a URL
+        if type(exc).__name__ in ("UnsupportedProtocol", "InvalidURL", "MissingSchema"):
+            raise EndpointUnreachableError(f"the Hub endpoint {api.endpoint!r} is not an http(s) URL; "
+                                           "check HF_ENDPOINT") from None
         raise EndpointUnreachableError(f"cannot reach the Hub at {api.endpoint} ({type(exc).__name__}); check the "
                                        "network connection and HF_ENDPOINT") from None
     except HfHubHTTPError as exc:
