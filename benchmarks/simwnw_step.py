@@ -14,9 +14,11 @@ is expected to be slower than dense: its FLOPs saving is what a sparse executor 
 what this code realises. The time split of the simwnw step (matching / masked forward / backward)
 is reported too.
 
-Command used for ``benchmarks/results/simwnw_step.md``::
+Commands used for ``benchmarks/results/simwnw_step.md`` (the second appends a FLOPs-only sweep over
+the waxing bound and the threshold, same batch)::
 
     PYTHONPATH=. python benchmarks/simwnw_step.py --out benchmarks/results/simwnw_step.md
+    PYTHONPATH=. python benchmarks/simwnw_step.py --sweep --out benchmarks/results/simwnw_step.md
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ import simwnw_hf  # noqa: F401  (registers simwnw_* models)
 from simwnw_hf.data.datasets import load_image_dataset
 from simwnw_hf.data.views import TwoViewTransform
 from simwnw_hf.simwnw.block_matching import match_blocks
+from simwnw_hf.simwnw.flops import trace_flops
+from simwnw_hf.simwnw.masked_exec import ConvRecord
 
 
 def simsiam_loss(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
@@ -65,6 +69,29 @@ def simwnw_step(model, x1, x2, g1, g2):
     return stats
 
 
+def sweep(model, x1, x2, g1, g2, out):
+    """Kept share of the backbone's forward+backward conv FLOPs for several waxing settings."""
+    rows = []
+    for threshold in (20.0, 15.0):
+        for rings in (0, 2, 4):
+            model.zero_grad(set_to_none=True)
+            match, (h1, h2), trace = model.run_pair(x1, x2, g1, g2, max_rings=rings, psnr_threshold=threshold)
+            simsiam_loss(model.forward_head(h1, pre_logits=True), model.forward_head(h2, pre_logits=True)).backward()
+            fl = trace_flops(trace)
+            rows.append((threshold, rings, match.removal_ratio, fl["kept_flops"] / fl["dense_flops"],
+                         fl["wax_flops"] / fl["dense_flops"]))
+    table = ("| PSNR threshold (blocks and rings) | max_rings | input removal | kept conv FLOPs / dense | "
+             "waxing overhead / dense |\n|---|---|---|---|---|\n")
+    table += "\n".join(f"| {t:g} dB | {r} | {rem:.3f} | {k:.3f} | {w:.4%} |" for t, r, rem, k, w in rows)
+    print(table)
+    if out:
+        with open(out, "a") as fh:
+            fh.write("\n## Sweep: waxing bound and threshold (FLOPs only, same batch, randomly initialised model)\n\n")
+            fh.write("Command: `PYTHONPATH=. python benchmarks/simwnw_step.py --sweep --out " + out + "`\n\n")
+            fh.write(table + "\n")
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--source", default="/work/shared/data/cifar10/train.parquet")
@@ -75,6 +102,8 @@ def main(argv=None):
     p.add_argument("--max-rings", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="write a markdown table here")
+    p.add_argument("--sweep", action="store_true",
+                   help="only the FLOPs sweep over max_rings / PSNR threshold (appended to --out)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -82,6 +111,8 @@ def main(argv=None):
     model.configure_pair_pruning(max_rings=args.max_rings)
     cfg = model.pretrained_cfg
     x1, x2, g1, g2 = make_batch(args.source, args.batch, args.size, cfg["mean"], cfg["std"], seed=0)
+    if args.sweep:
+        return sweep(model, x1, x2, g1, g2, args.out)
 
     with FlopCounterMode(display=False) as counter:
         dense_step(model, x1, x2)
@@ -103,10 +134,16 @@ def main(argv=None):
     t0 = time.perf_counter()
     match_blocks(x1 * std + mean, x2 * std + mean, g1, g2)
     t1 = time.perf_counter()
-    f1, f2, _ = model.forward_pair(x1, x2, g1, g2)
+    _, (h1, h2), trace = model.run_pair(x1, x2, g1, g2)
     t2 = time.perf_counter()
-    simsiam_loss(f1, f2).backward()
+    simsiam_loss(model.forward_head(h1, pre_logits=True), model.forward_head(h2, pre_logits=True)).backward()
     t3 = time.perf_counter()
+    kept = {}  # stage -> [active, dense] triples of its convs
+    for rec in trace:
+        if isinstance(rec, ConvRecord):
+            acc = kept.setdefault(rec.name.split(".")[0], [0.0, 0.0])
+            acc[0] += float(rec.active_triples)
+            acc[1] += rec.dense_triples
 
     saved = stats["dense_flops"] - stats["kept_flops"]
     simwnw_flops = dense_flops - saved + stats["overhead_flops"]
@@ -125,6 +162,8 @@ def main(argv=None):
         ("**step wall-time ratio simwnw / dense (reference path)**", f"**{s_med / d_med:.2f}**"),
         ("simwnw step split: matching / masked fwd (incl. matching) / bwd",
          f"{t1 - t0:.2f} s / {t2 - t1:.2f} s / {t3 - t2:.2f} s"),
+        ("kept share of conv work per stage (stem, layer1..4)",
+         " / ".join(f"{a / d:.3f}" for a, d in kept.values())),
     ]
     table = "| quantity | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     print(table)

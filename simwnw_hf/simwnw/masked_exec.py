@@ -222,8 +222,8 @@ def _shortcut(block: nn.Module, hs, rs, trace, name: str):
 
 def _residual(block, branch, r_branch, hs, rs, trace, name, act):
     short, r_short = _shortcut(block, hs, rs, trace, name)
-    out = [act(b + s) for b, s in zip(branch, short)]
     r_out = [rb & rsc for rb, rsc in zip(r_branch, r_short)]  # removed only where both operands are
+    out = _act(act, [b + s for b, s in zip(branch, short)], r_out)
     return out, r_out
 
 
