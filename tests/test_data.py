@@ -81,3 +81,18 @@ def test_epoch_sampler():
     assert sorted(first) == list(range(10)) and list(s) == first
     s.set_epoch(1)
     assert list(s) != first
+
+
+def test_max_samples_is_a_class_balanced_subset_of_sorted_files(tmp_path):
+    """CIFAR-10 parquet files are sorted by label: the first N rows would all be one class."""
+    import datasets
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, format="PNG")
+    labels = sorted(list(range(10)) * 30)
+    ds = datasets.Dataset.from_dict({"img": [{"bytes": buf.getvalue(), "path": None}] * 300, "label": labels},
+                                    features=datasets.Features({"img": datasets.Image(), "label": datasets.Value("int64")}))
+    ds.to_parquet(str(tmp_path / "sorted.parquet"))
+    subset = load_image_dataset(str(tmp_path / "sorted.parquet"), max_samples=50)
+    assert len(subset) == 50 and len(set(subset.labels)) >= 8
+    assert subset.labels == load_image_dataset(str(tmp_path / "sorted.parquet"), max_samples=50).labels

@@ -43,3 +43,21 @@ def test_dino_with_simprune(tmp_path):
                          token_pruning="simprune", prune_layers=(1, 2), framework_args='{"out_dim": 128}',
                          n_local_crops=2, local_crop_size=16)
     assert len(lines) == 2 and lines[-1]["kept_token_ratio"] < 1
+
+
+def test_dense_meter_counts_vit_attention_on_cpu():
+    """The trainer's meter must see the fused attention kernel (stock FlopCounterMode misses it on CPU)."""
+    import timm
+    import torch
+
+    from simwnw_hf.train.flops import count_step_flops
+
+    vit = timm.create_model("simwnw_vit_tiny_patch16_224", num_classes=0, img_size=32, patch_size=8, depth=1,
+                            embed_dim=64, num_heads=2)
+    x = torch.randn(2, 3, 32, 32)
+    total = count_step_flops(lambda: vit(x).sum().backward())
+    n, d = 17, 64  # tokens (16 patches + cls), width
+    attention_fwd = 2 * 2 * n * n * d * 2  # q@k^T and attn@v, 2 FLOPs per MAC, batch 2
+    with torch.utils.flop_counter.FlopCounterMode(display=False) as stock:
+        vit(x).sum().backward()
+    assert total - stock.get_total_flops() >= attention_fwd

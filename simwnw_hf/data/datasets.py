@@ -149,10 +149,25 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def subset_indices(length: int, max_samples: int, seed: int = 0) -> List[int]:
+    """A fixed random subset (sorted, seed 0): label-sorted files (CIFAR-10 parquet) still give every class."""
+    if max_samples <= 0:
+        raise ValueError(f"max_samples must be positive, got {max_samples}")
+    if max_samples >= length:
+        return list(range(length))
+    import torch
+
+    chosen = torch.randperm(length, generator=torch.Generator().manual_seed(seed))[:max_samples]
+    return sorted(chosen.tolist())
+
+
 def load_image_dataset(source: Optional[str] = None, split: Optional[str] = None,
                        image_column: Optional[str] = None, label_column: Optional[str] = None,
                        max_samples: Optional[int] = None) -> ImageDataset:
-    """Load one split of an image dataset; image/label columns found automatically unless named."""
+    """Load one split of an image dataset; image/label columns found automatically unless named.
+
+    ``max_samples`` keeps a fixed random subset of that many images (see :func:`subset_indices`).
+    """
     import datasets
 
     ds = _load_raw(source, split)
@@ -161,9 +176,7 @@ def load_image_dataset(source: Optional[str] = None, split: Optional[str] = None
     if isinstance(ds.features[image_col], datasets.Image):
         ds = ds.cast_column(image_col, datasets.Image(decode=False))
     if max_samples is not None:
-        if max_samples <= 0:
-            raise ValueError(f"max_samples must be positive, got {max_samples}")
-        ds = ds.select(range(min(max_samples, len(ds))))
+        ds = ds.select(subset_indices(len(ds), max_samples))
     if len(ds) == 0:
         raise ValueError(f"dataset {source!r} split {split or 'train'!r} is empty")
     return ImageDataset(ds, image_col, label_col, str(source or "sample"), str(ds.split) if ds.split else (split or "train"))

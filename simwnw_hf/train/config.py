@@ -20,7 +20,7 @@ class TrainConfig:
     split: Optional[str] = None
     image_column: Optional[str] = None
     label_column: Optional[str] = None
-    max_samples: Optional[int] = None  # use the first N images of the split
+    max_samples: Optional[int] = None  # train on a fixed random subset (seed 0) of N images of the split
     image_size: int = 32
     crop_min_scale: float = 0.2
     batch_size: int = 64  # per process

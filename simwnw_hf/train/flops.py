@@ -1,16 +1,20 @@
-"""Training FLOPs of a step, measured with ``torch.utils.flop_counter`` (FLOPs, not MACs)."""
+"""Training FLOPs of a step, measured with ``torch.utils.flop_counter`` (FLOPs, not MACs).
+
+Stock ``FlopCounterMode`` has no formula for the CPU fused-attention kernel and would count ViT
+attention as 0 FLOPs on CPU; :func:`simwnw_hf.tokens.flops.flop_counter` adds it.
+"""
 
 from __future__ import annotations
 
 import copy
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from simwnw_hf.tokens.flops import flop_counter
 
 
 def count_step_flops(step_fn) -> int:
     """FLOPs of everything ``step_fn`` runs (forward and backward) under ``FlopCounterMode``."""
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         step_fn()
     return int(counter.get_total_flops())
 
