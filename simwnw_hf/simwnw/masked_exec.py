@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 from timm.models.resnet import BasicBlock, Bottleneck
 
-from .masks import wane
+from .masks import active_inputs, wane
 
 __all__ = [
     "ConvRecord", "MaskRecord", "WaxRecord", "masked_conv2d", "masked_batch_norm",
@@ -107,7 +107,7 @@ def masked_conv2d(conv: nn.Conv2d, x: torch.Tensor, removed: torch.Tensor):
     if isinstance(conv.padding, str):
         raise NotImplementedError(f"masked execution needs numeric conv padding, got padding={conv.padding!r}")
     y = conv(_zero(x, removed))
-    act = ~wane(removed, conv.kernel_size, conv.stride, conv.padding, conv.dilation)  # (B, 1|Cin, Ho, Wo)
+    act = active_inputs(removed, conv.kernel_size, conv.stride, conv.padding, conv.dilation)  # (B, 1|Cin, Ho, Wo)
     out_removed = ~act.any(dim=1, keepdim=True)  # (B, 1, Ho, Wo)
     active = act.sum() * (x.shape[1] if removed.shape[1] == 1 else 1)
     if conv.bias is not None:
@@ -198,7 +198,9 @@ def _bn(bn: nn.Module, hs, rs, name: str):
 
 
 def _act(act: nn.Module, hs, rs):
-    return [_zero(act(h), r) for h, r in zip(hs, rs)]  # re-zero in case act(0) != 0
+    if isinstance(act, nn.ReLU):  # relu(0) = 0: removed positions stay zero
+        return [act(h) for h in hs]
+    return [_zero(act(h), r) for h, r in zip(hs, rs)]  # re-zero: act(0) may be non-zero
 
 
 def _require_identity(block: nn.Module, name: str):

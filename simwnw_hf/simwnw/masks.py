@@ -83,14 +83,26 @@ def window_any(mask: torch.Tensor, kernel_size, stride=1, padding=0, dilation=1)
     wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     if ho <= 0 or wo <= 0:
         raise ValueError(f"window {kh}x{kw} (padding {padding}, dilation {dilation}) does not fit a {h}x{w} map")
-    padded = mask.new_zeros(*mask.shape[:-2], h + 2 * ph, w + 2 * pw)
-    padded[..., ph:ph + h, pw:pw + w] = mask
-    rows = padded[..., 0:sh * (ho - 1) + 1:sh, :].clone()  # (..., Ho, W + 2pw)
-    for i in range(1, kh):
-        rows |= padded[..., i * dh:i * dh + sh * (ho - 1) + 1:sh, :]
-    out = rows[..., 0:sw * (wo - 1) + 1:sw].clone()  # (..., Ho, Wo)
-    for j in range(1, kw):
-        out |= rows[..., j * dw:j * dw + sw * (wo - 1) + 1:sw]
+    if kh == kw == 1 and ph == pw == 0:
+        return mask[..., ::sh, ::sw]  # 1x1 window: a strided view, no copy
+    padded = mask
+    if ph or pw:
+        padded = mask.new_zeros(*mask.shape[:-2], h + 2 * ph, w + 2 * pw)
+        padded[..., ph:ph + h, pw:pw + w] = mask
+
+    def rows_at(i):  # (..., Ho, W + 2pw): rows i*dh, i*dh + sh, ...
+        return padded[..., i * dh:i * dh + sh * (ho - 1) + 1:sh, :]
+
+    rows = rows_at(0) | rows_at(1) if kh > 1 else rows_at(0)
+    for i in range(2, kh):
+        rows |= rows_at(i)
+
+    def cols_at(j):  # (..., Ho, Wo)
+        return rows[..., j * dw:j * dw + sw * (wo - 1) + 1:sw]
+
+    out = cols_at(0) | cols_at(1) if kw > 1 else cols_at(0)
+    for j in range(2, kw):
+        out |= cols_at(j)
     return out
 
 
