@@ -7,7 +7,7 @@ Semantics, layer by layer (masks: bool, ``True`` = removed, (B, 1|C, H, W); see 
 
 * **Input.** Removed pixels of the normalised view are set to 0 (removed = absent: they contribute
   nothing to any window that also covers kept pixels).
-* **Conv.** The input is multiplied by its keep mask, the dense conv runs, and output positions
+* **Conv.** The input is zeroed at its removed positions, the dense conv runs, and output positions
   whose window holds no kept pixel *in any input channel* are removed (``wane(...).all(channel)``)
   and set to 0. Removed outputs of a bias-free conv are 0 anyway, so the zeroing only matters for
   convs with a bias. An (image, input channel, output position) triple whose window holds no kept
@@ -24,7 +24,8 @@ Semantics, layer by layer (masks: bool, ``True`` = removed, (B, 1|C, H, W); see 
   running statistics are updated from them (unbiased variance ``var * n / (n - 1)``, momentum as in
   ``nn.BatchNorm2d``, ``momentum=None`` = cumulative average; a channel with no kept position keeps
   its running statistics). Eval mode: running statistics. Removed outputs are set to 0 after the
-  affine transform (and after the activation), so removed stays zero through BN + ReLU.
+  affine transform (and again after an activation other than ReLU, since ``act(0)`` may be
+  non-zero), so removed stays zero through BN + activation.
 * **Max-pool.** Removed iff the whole window (padding excluded) is removed; removed outputs are 0
   (max over zeros; activations are >= 0 after ReLU).
 * **Residual sum.** ``y = branch + shortcut``: a (channel, position) of ``y`` is removed iff it is
