@@ -100,7 +100,9 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-rings", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1,
+                   help="intra-op threads; 1 on a shared CPU (2 threads on 2 busy cores oversubscribe "
+                        "and slow the many small mask ops far more than the big convs)")
     p.add_argument("--out", default=None, help="write a markdown table here")
     p.add_argument("--sweep", action="store_true",
                    help="only the FLOPs sweep over max_rings / PSNR threshold (appended to --out)")
