@@ -113,3 +113,15 @@ def test_forward_pair_without_similar_blocks_is_the_dense_encoder():
         model.forward_pair(x1, x2[:, :, :16], g1, g2)
     with pytest.raises(ValueError, match="max_rings"):
         model.configure_pair_pruning(max_rings=-1)
+
+
+def test_forward_pair_under_no_grad_counts_forward_only():
+    """A momentum/target encoder runs without grad: its stats hold forward FLOPs only."""
+    model = _small_cifar_model().configure_pair_pruning(block_size=5)
+    x1, x2, g1, g2 = _pair_batch(model)
+    _, _, train_stats = model.forward_pair(x1, x2, g1, g2)
+    with torch.no_grad():
+        _, _, fwd_stats = model.forward_pair(x1, x2, g1, g2)
+    # backward = grad-weight + grad-input (none for the stem conv), so the train step is just under 3x
+    assert 2.5 < train_stats["dense_flops"] / fwd_stats["dense_flops"] < 3.0
+    assert fwd_stats["kept_flops"] <= fwd_stats["dense_flops"]
