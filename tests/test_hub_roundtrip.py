@@ -218,14 +218,14 @@ x = torch.load(x_path)
 models = {
     "timm hf-hub": lambda: timm.create_model(f"hf-hub:{repo}", pretrained=True),
     # the architecture's default pretrained_cfg names hf_hub_id=<repo>: plain pretrained=True
-    "timm default cfg": lambda: timm.create_model(arch, pretrained=True, num_classes=0, **model_args),
+    "timm default cfg": lambda: timm.create_model(arch, pretrained=True, **model_args),
     "transformers AutoModel": lambda: AutoModel.from_pretrained(repo),
 }
 if len(sys.argv) > 6:  # offline: the cached snapshot as a local folder / a file overlay
     folder = Path(try_to_load_from_cache(repo, "config.json")).parent
     models["timm local-dir"] = lambda: timm.create_model(f"local-dir:{folder}", pretrained=True)
     models["timm file overlay"] = lambda: timm.create_model(
-        arch, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors")),
+        arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors")),
         **model_args)
 features = {}
 with torch.no_grad():

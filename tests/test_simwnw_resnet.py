@@ -17,7 +17,7 @@ from simwnw_hf.ssl.pair import encode_pair, finalize_stats, supports_pair_prunin
 
 def test_fresh_resnet50_is_timm_resnet50():
     torch.manual_seed(0)
-    ours = timm.create_model("simwnw_resnet50").eval()
+    ours = timm.create_model("simwnw_resnet50", num_classes=1000).eval()
     torch.manual_seed(0)
     ref = timm.create_model("resnet50").eval()
     assert isinstance(ours, SimWnWResNet)

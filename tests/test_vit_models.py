@@ -7,7 +7,8 @@ import torch
 import simwnw_hf  # noqa: F401  (registers simwnw_vit_*)
 from simwnw_hf.models.vit import SimWnWVisionTransformer
 
-TINY = dict(img_size=32, patch_size=8, depth=4, embed_dim=64, num_heads=2)
+# num_classes=1000 as timm's vit_* (the simwnw_* default is headless: their published weights are SSL encoders)
+TINY = dict(img_size=32, patch_size=8, depth=4, embed_dim=64, num_heads=2, num_classes=1000)
 
 
 def _pair(name="simwnw_vit_tiny_patch16_224", ref="vit_tiny_patch16_224", **kwargs):
@@ -34,7 +35,7 @@ def test_registered_on_import_with_hub_cfg():
 @pytest.mark.parametrize("name,ref", [("simwnw_vit_tiny_patch16_224", "vit_tiny_patch16_224"),
                                       ("simwnw_vit_small_patch16_224", "vit_small_patch16_224")])
 def test_full_size_layout_is_timms(name, ref):
-    ours = timm.create_model(name, pretrained=False, device="meta")   # shapes only: no init cost
+    ours = timm.create_model(name, pretrained=False, device="meta", num_classes=1000)   # shapes only: no init cost
     theirs = timm.create_model(ref, pretrained=False, device="meta")
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
     assert ours.patch_embed.patch_size == (16, 16) and len(ours.blocks) == 12

@@ -148,8 +148,12 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> SimWnWResNet:
 
 
 def _cfg(**kwargs):
+    # num_classes=0: the published weights are headless SSL encoders (timm's convention for
+    # self-supervised weights, e.g. ``vit_small_patch16_224.dino``), so ``pretrained=True`` loads
+    # strictly and a model built without ``num_classes`` is headless; pass ``num_classes=1000`` for
+    # timm's ``resnet50`` head layout, or any N to fine-tune with a fresh classifier.
     return {
-        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "num_classes": 0, "input_size": (3, 224, 224), "pool_size": (7, 7),
         "crop_pct": 0.875, "interpolation": "bilinear",
         "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
         "first_conv": "conv1", "classifier": "fc", "license": "apache-2.0",
@@ -164,7 +168,7 @@ default_cfgs = generate_default_cfgs({
     "simwnw_resnet50.simsiam_simwnw_in1k": _cfg(hf_hub_id="simwnw-hf/simwnw_resnet50.simsiam_simwnw_in1k"),
     "simwnw_resnet18_cifar.simsiam_simwnw_cifar10": _cfg(
         hf_hub_id="simwnw-hf/simwnw_resnet18_cifar.simsiam_simwnw_cifar10",
-        num_classes=10, input_size=(3, 32, 32), pool_size=(4, 4), crop_pct=1.0,
+        input_size=(3, 32, 32), pool_size=(4, 4), crop_pct=1.0,
         mean=CIFAR10_MEAN, std=CIFAR10_STD,
     ),
 })

@@ -171,7 +171,8 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> SimWnWVisionTra
 
 def _cfg(**kwargs):
     return {
-        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None,
+        # headless SSL weights: see the note in resnet.py's _cfg
+        "num_classes": 0, "input_size": (3, 224, 224), "pool_size": None,
         "crop_pct": 0.875, "interpolation": "bicubic", "fixed_input_size": True,
         "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,  # DINO / DeiT normalisation
         "first_conv": "patch_embed.proj", "classifier": "head", "license": "apache-2.0",
