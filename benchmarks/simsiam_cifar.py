@@ -55,18 +55,18 @@ def main():
     rows = {"trained": knn_evaluate(trained, **common), "random init": knn_evaluate(random_init, **common)}
     (run / "knn_vs_random.json").write_text(json.dumps(rows, indent=2))
 
-    command = "python " + " ".join(sys.argv)
+    command = " ".join(["python"] + sys.argv)
     lines = [
         "# SimSiam, CIFAR ResNet-18, CIFAR-10 subset, CPU",
         "",
         f"Command: `{command}`",
         "",
-        f"Training: SimSiam (SGD momentum 0.9, lr {cfg.lr}, cosine, {args.mixed_precision} autocast), {summary['steps']} steps ({summary['epochs']:.1f} epochs) of batch {cfg.batch_size} on the first "
+        f"Training: SimSiam (SGD momentum 0.9, lr {cfg.lr}, cosine, {args.mixed_precision} autocast), {summary['steps']} steps ({summary['epochs']:.1f} epochs) of batch {cfg.batch_size} on "
         f"{args.train_images} CIFAR-10 train images (fixed random subset, seed 0), {train_time / 60:.1f} min wall time on {summary['hardware']}; "
         f"{summary['train_flops'] / 1e12:.1f} TFLOPs (forward+backward).",
         "",
         f"kNN (k={rows['trained']['k']}, t={rows['trained']['t']}, cosine): memory bank = the {args.train_images} "
-        f"train images, queries = the first {rows['trained']['num_test']} CIFAR-10 test images.",
+        f"train images, queries = {rows['trained']['num_test']} CIFAR-10 test images (fixed random subset, seed 0).",
         "",
         "| backbone | kNN top-1 (%) |",
         "|---|---|",
