@@ -48,10 +48,11 @@ class TrainConfig:
     block_size: Optional[int] = None  # None: 5 @32px, 30 @224px, scaled in between
     psnr_threshold: float = 20.0
     search_window: Optional[int] = None  # None: 2 x block size
+    max_rings: int = 2  # waxing: most rings grown per conv input (simwnw_hf/simwnw/masks.py)
     # token pruning on ViTs: simwnw | simprune | evit
     token_pruning: Optional[str] = None
     keep_rate: float = 0.8
-    prune_layers: Tuple[int, ...] = (4, 7, 10)
+    prune_layers: Tuple[int, ...] = (4, 7, 10)  # 0-based: prune at the input of blocks[l]
     # DINO
     n_local_crops: int = 0
     local_crop_size: int = 96
@@ -91,7 +92,7 @@ class TrainConfig:
         """Settings handed to the backbone's ``configure_pair_pruning``; None when training dense."""
         if self.simwnw:
             return dict(block_size=self.block_size, psnr_threshold=self.psnr_threshold,
-                        search_window=self.search_window)
+                        search_window=self.search_window, max_rings=self.max_rings)
         if self.token_pruning:
             return dict(method=self.token_pruning, psnr_threshold=self.psnr_threshold,
                         search_window=self.search_window, keep_rate=self.keep_rate,
