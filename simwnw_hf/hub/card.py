@@ -20,7 +20,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 __all__ = ["TEMPLATE_PATH", "render_card", "hub_dataset_id", "train_command"]
 
-TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_cards" / "template.md"
+# a link to model_cards/template.md, shipped as package data so a non-editable install finds it
+TEMPLATE_PATH = Path(__file__).resolve().parent / "model_card_template.md"
 
 FRAMEWORK_NAMES = {"simclr": "SimCLR", "simsiam": "SimSiam", "byol": "BYOL", "moco": "MoCo v2",
                    "vicreg": "VICReg", "dino": "DINO"}
