@@ -21,6 +21,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from simwnw_hf.data.views import denormalize
 from simwnw_hf.simwnw.block_matching import match_blocks
 from simwnw_hf.simwnw.flops import trace_flops
 from simwnw_hf.simwnw.masked_exec import masked_forward_features
@@ -91,11 +92,10 @@ class SimWnWResNet(ResNet):
     def _pixels(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised view -> [0, 1] pixels with this model's ``pretrained_cfg`` mean/std (PSNR, MAX_I = 1)."""
         cfg = getattr(self, "pretrained_cfg", None) or {}
-        mean = torch.as_tensor(cfg.get("mean", IMAGENET_DEFAULT_MEAN), dtype=x.dtype, device=x.device)
-        std = torch.as_tensor(cfg.get("std", IMAGENET_DEFAULT_STD), dtype=x.dtype, device=x.device)
-        if mean.numel() != x.shape[1]:
-            raise ValueError(f"pretrained_cfg mean has {mean.numel()} channels, the views have {x.shape[1]}")
-        return x * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)
+        mean, std = cfg.get("mean", IMAGENET_DEFAULT_MEAN), cfg.get("std", IMAGENET_DEFAULT_STD)
+        if len(mean) != x.shape[1]:
+            raise ValueError(f"pretrained_cfg mean has {len(mean)} channels, the views have {x.shape[1]}")
+        return denormalize(x, mean, std)
 
     def run_pair(self, x1: torch.Tensor, x2: torch.Tensor, g1, g2, **settings):
         """Block matching + masked forward of both views; returns ``(match, (h1, h2), trace)``.

@@ -194,7 +194,9 @@ def train(cfg: TrainConfig) -> dict:
     unwrapped = accelerator.unwrap_model(model)
     dense_per_image: Optional[float] = state.get("dense_flops_per_image")
     bar = tqdm(total=total_steps, initial=step, disable=not accelerator.is_local_main_process, desc=cfg.framework)
-    window = {"loss": 0.0, "steps": 0, "images": 0, "time": 0.0, "stats": {}}
+    window = _empty_window()
+    # schedules (SimPrune window, DINO teacher temperature) follow training progress
+    progress_modules = [m for m in unwrapped.modules() if callable(getattr(m, "set_progress", None))]
     model.train()
     while step < total_steps:
         epoch = step // steps_per_epoch
@@ -211,9 +213,8 @@ def train(cfg: TrainConfig) -> dict:
             started = time.perf_counter()
             if dense_per_image is None:  # metered once: views have fixed shapes
                 dense_per_image = dense_step_flops(unwrapped, batch) / batch["views"][0].shape[0]
-            for module in unwrapped.modules():  # schedules (SimPrune window, DINO teacher temperature)
-                if callable(getattr(module, "set_progress", None)):
-                    module.set_progress(step / total_steps)
+            for module in progress_modules:
+                module.set_progress(step / total_steps)
             loss, stats = model(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower --lr or check the data")
@@ -251,7 +252,7 @@ def train(cfg: TrainConfig) -> dict:
                 if accelerator.is_main_process:
                     with open(metrics_path, "a") as f:
                         f.write(json.dumps(record) + "\n")
-                window = {"loss": 0.0, "steps": 0, "images": 0, "time": 0.0, "stats": {}}
+                window = _empty_window()
             if step % cfg.save_every == 0 or step == total_steps:
                 trainer_state = {"step": step, "epoch": step / steps_per_epoch, "total_steps": total_steps,
                                  "dense_flops_per_image": dense_per_image, "counters": counters.values}
@@ -277,6 +278,11 @@ def train(cfg: TrainConfig) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
+
+
+def _empty_window() -> dict:
+    """Running sums between two metrics.jsonl lines."""
+    return {"loss": 0.0, "steps": 0, "images": 0, "time": 0.0, "stats": {}}
 
 
 def _log_record(accelerator, step, epoch, scheduler, window, counters, cfg) -> dict:
