@@ -47,10 +47,10 @@ def dualgate_geometry(model: nn.Module, input_hw: Sequence[int]) -> Tuple[float,
     cache = model.__dict__.setdefault("_dualgate_geometry", {})
     if key in cache:
         return cache[key]
-    shapes: Dict[str, Tuple[int, int]] = {}
+    shapes: Dict[str, Tuple[int, int]] = {}  # block output map = its conv2 output (forward_dual skips block hooks)
     blocks = dict(model.named_modules())
     names = [n for n, m in blocks.items() if m in set(model.gated_blocks())]
-    hooks = [blocks[n].register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape[-2:])))
+    hooks = [blocks[n].conv2.register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape[-2:])))
              for n in names]
     stem_hw = []
     hooks.append(model.conv1.register_forward_hook(lambda m, i, o: stem_hw.append(tuple(o.shape[-2:]))))

@@ -1,0 +1,196 @@
+"""Back Razor (Jiang et al., NeurIPS 2022): convs that keep only their largest input activations for backward.
+
+Source read: VITA-Group/BackRazor_Neurips22 ``custom_functions/masker.py`` (the mask rule) and
+``custom_functions/custom_conv.py`` (the conv autograd function). Per sample, the ``k = clip(numel *
+rho, 1, numel)``-th smallest ``|x|`` is the threshold and ``|x| >= threshold`` is kept (ties are kept, so
+slightly more than ``1 - rho`` may survive); the forward is the dense conv of the full ``x``; only the
+kept values and a bit mask are saved; the weight gradient uses the pruned ``x``, the input gradient
+(which needs only the weight) is exact. Not training (eval) or no grad: a plain conv.
+
+FLOPs are counted like ``simwnw_hf.simwnw.flops``: forward and grad-input dense; grad-weight counts
+the products ``g[co, p] * x[ci, p + k]`` minus those whose activation was pruned: each pruned input
+element skips ``C_out / groups`` x (number of (output position, kernel offset) pairs that read it)
+products, x 2 FLOPs (products on the zero padding stay counted, as in the dense count).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from simwnw_hf.simwnw.flops import dense_model_flops
+
+from .stats import GatingStats
+
+__all__ = ["keep_mask", "pack_bits", "unpack_bits", "BackRazorConv2dFunction", "BackRazorConv2d",
+           "convert_back_razor", "coverage", "back_razor_stats", "saved_tensor_bytes"]
+
+
+@torch.no_grad()
+def keep_mask(x: torch.Tensor, rho: float) -> torch.Tensor:
+    """Bool mask of the activations kept per sample: ``|x| >=`` the ``clip(numel * rho, 1, numel)``-th smallest."""
+    if not 0.0 <= rho < 1.0:
+        raise ValueError(f"Back Razor prune ratio rho must be in [0, 1), got {rho}")
+    if rho == 0.0:
+        return torch.ones_like(x, dtype=torch.bool)
+    per = x[0].numel()
+    k = int(min(max(per * rho, 1), per))
+    mag = x.abs().flatten(1)
+    thr = mag.kthvalue(k, dim=1).values
+    return (mag >= thr[:, None]).view_as(x)
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """Bool tensor -> uint8 tensor of ``ceil(numel / 8)`` bytes (8 flags a byte)."""
+    flat = mask.flatten()
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=mask.device)
+    return (flat.view(-1, 8).to(torch.uint8) * weights).sum(1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, shape) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`."""
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=packed.device)
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return ((packed[:, None] & weights) != 0).flatten()[:n].view(shape)
+
+
+class BackRazorConv2dFunction(torch.autograd.Function):
+    """Dense conv forward; saves the kept input values + bit mask; grad-weight from the pruned input."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mask, stride, padding, dilation, groups):
+        ctx.save_for_backward(x[mask], pack_bits(mask), weight)
+        ctx.meta = (tuple(x.shape), stride, padding, dilation, groups, bias is not None)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        values, bits, weight = ctx.saved_tensors
+        shape, stride, padding, dilation, groups, has_bias = ctx.meta
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.nn.grad.conv2d_input(shape, weight, grad_out, stride, padding, dilation, groups)
+        if ctx.needs_input_grad[1]:
+            x = values.new_zeros(shape)
+            x[unpack_bits(bits, shape)] = values
+            gw = torch.nn.grad.conv2d_weight(x, weight.shape, grad_out, stride, padding, dilation, groups)
+        if has_bias and ctx.needs_input_grad[2]:
+            gb = grad_out.sum((0, 2, 3))
+        return gx, gw, gb, None, None, None, None, None
+
+
+class BackRazorConv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same state_dict) whose training backward uses the Back Razor-pruned input.
+
+    ``rho = 0`` or eval / no-grad: exactly ``nn.Conv2d``. The last training forward leaves the kept
+    fraction and the shapes in ``self.record`` for :func:`back_razor_stats`.
+    """
+
+    def __init__(self, *args, rho: float = 0.9, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not 0.0 <= rho < 1.0:
+            raise ValueError(f"Back Razor prune ratio rho must be in [0, 1), got {rho}")
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            raise ValueError("BackRazorConv2d supports numeric zero padding only")
+        self.rho = rho
+        self.record: Optional[Dict[str, object]] = None
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, rho: float) -> "BackRazorConv2d":
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                  conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, rho=rho)
+        new = new.to(conv.weight.device, conv.weight.dtype)
+        new.load_state_dict(conv.state_dict())
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rho == 0.0 or not self.training or not torch.is_grad_enabled():
+            return super().forward(x)
+        kept = keep_mask(x, self.rho)
+        y = BackRazorConv2dFunction.apply(x, self.weight, self.bias, kept, self.stride, self.padding,
+                                          self.dilation, self.groups)
+        with torch.no_grad():
+            self.record = dict(in_shape=tuple(x.shape), out_hw=tuple(y.shape[-2:]), input_grad=x.requires_grad,
+                               pruned_products=float(((~kept).sum(0).to(x.dtype) * coverage(self, tuple(x.shape[-2:]),
+                                                   tuple(y.shape[-2:]), x.device, x.dtype)).sum()),
+                               kept_fraction=float(kept.float().mean()))
+        return y
+
+
+def coverage(conv: nn.Conv2d, in_hw: Tuple[int, int], out_hw: Tuple[int, int], device=None, dtype=torch.float32
+             ) -> torch.Tensor:
+    """``(H, W)``: for each input position, how many (output position, kernel offset) pairs read it."""
+    ones_out = torch.ones(1, 1, *out_hw, device=device, dtype=dtype)
+    ker = torch.ones(1, 1, *conv.kernel_size, device=device, dtype=dtype)
+    cov = F.conv_transpose2d(ones_out, ker, stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
+    full = torch.zeros(*in_hw, device=device, dtype=dtype)
+    h, w = min(in_hw[0], cov.shape[-2]), min(in_hw[1], cov.shape[-1])
+    full[:h, :w] = cov[0, 0, :h, :w]
+    return full
+
+
+def convert_back_razor(model: nn.Module, rho: float, skip_first: bool = False) -> List[str]:
+    """Replace every ``nn.Conv2d`` of ``model`` by a ``BackRazorConv2d`` (weights kept), in place."""
+    names = []
+    for name, mod in list(model.named_modules()):
+        if type(mod) is nn.Conv2d:
+            if skip_first and not names and mod.in_channels <= 4:
+                skip_first = False
+                continue
+            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+            setattr(parent, name.rsplit(".", 1)[-1], BackRazorConv2d.from_conv(mod, rho))
+            names.append(name)
+    if not names:
+        raise ValueError("convert_back_razor found no nn.Conv2d to convert")
+    return names
+
+
+def back_razor_stats(model: nn.Module, input_hw, batch: int) -> GatingStats:
+    """FLOPs per image of the last training step vs dense, and the pruned activation fraction.
+
+    ``extra['saved_bytes_fraction']`` is not here: measure it with :func:`saved_tensor_bytes`.
+    """
+    convs = [m for m in model.modules() if isinstance(m, BackRazorConv2d) and m.record is not None]
+    if not convs:
+        raise ValueError("back_razor_stats: no BackRazorConv2d has run a training forward yet")
+    key = (int(input_hw[0]), int(input_hw[1]))
+    cache = model.__dict__.setdefault("_br_dense_flops", {})
+    if key not in cache:
+        shape = (1, getattr(model, "in_chans", 3), *key)
+        cache[key] = (dense_model_flops(model, shape, backward=False), dense_model_flops(model, shape, backward=True))
+    fwd_dense, train_dense = cache[key]
+    skipped = kept_el = total_el = 0.0
+    for c in convs:
+        r = c.record
+        n, cin, h, w = r["in_shape"]
+        skipped += 2.0 * (c.out_channels // c.groups) * r["pruned_products"] / n
+        kept_el += r["kept_fraction"] * cin * h * w
+        total_el += cin * h * w
+    return GatingStats("back_razor", fwd_dense, fwd_dense, train_dense, train_dense - skipped,
+                       1 - kept_el / total_el, 0.0, {"rho": float(convs[0].rho)})
+
+
+def saved_tensor_bytes(fn, *args, **kwargs) -> Tuple[object, int]:
+    """Run ``fn(*args, **kwargs)`` and return its result and the bytes autograd saved for backward.
+
+    Counted with ``torch.autograd.graph.saved_tensors_hooks``, each storage once (a tensor saved by two
+    ops, e.g. a ReLU output that is also a conv input, counts once).
+    """
+    seen: Dict[Tuple[int, int], int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        seen[(st.data_ptr(), t.device.index or 0)] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*args, **kwargs)
+    return out, int(sum(seen.values()))
