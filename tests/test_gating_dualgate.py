@@ -23,7 +23,12 @@ def _flops(fn):
 
 def _model(name="simwnw_dualgate_resnet18_cifar", **kw):
     torch.manual_seed(0)
-    return timm.create_model(name, **kw)
+    m = timm.create_model(name, **kw)
+    with torch.no_grad():  # timm zero-inits each block's last BN: blocks would start as identities
+        for blk in m.gated_blocks():
+            blk.bn2.weight.uniform_(0.5, 1.5)
+            blk.bn2_gated.weight.uniform_(0.5, 1.5)
+    return m
 
 
 def test_sampler_hard_value_and_straight_through_gradient():
@@ -140,6 +145,8 @@ def test_dense_path_exports_to_plain_timm_resnet(name, plain):
     ref = timm.create_model(plain, num_classes=0)
     ref.load_state_dict(dense_state_dict(m), strict=True)
     x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        assert not torch.allclose(m.eval().forward_features(x, gated=True), ref.eval().forward_features(x))
     for train in (False, True):
         m.train(train), ref.train(train)
         with torch.no_grad():
