@@ -2,8 +2,9 @@
 
 Source read: VITA-Group/BackRazor_Neurips22 ``custom_functions/masker.py`` (the mask rule) and
 ``custom_functions/custom_conv.py`` (the conv autograd function). Per sample, the ``k = clip(numel *
-rho, 1, numel)``-th smallest ``|x|`` is the threshold and ``|x| >= threshold`` is kept (ties are kept, so
-slightly more than ``1 - rho`` may survive); the forward is the dense conv of the full ``x``; only the
+rho, 1, numel)``-th smallest ``|x|`` is the threshold and ``|x| >= threshold`` is kept (the k-th itself and ties
+survive: ``numel - k + 1`` or more, and on a ReLU output whose zeros outnumber ``rho * numel`` the
+threshold is 0 and everything is kept); the forward is the dense conv of the full ``x``; only the
 kept values and a bit mask are saved; the weight gradient uses the pruned ``x``, the input gradient
 (which needs only the weight) is exact. Not training (eval) or no grad: a plain conv.
 
@@ -130,10 +131,12 @@ def coverage(conv: nn.Conv2d, in_hw: Tuple[int, int], out_hw: Tuple[int, int], d
     """``(H, W)``: for each input position, how many (output position, kernel offset) pairs read it."""
     ones_out = torch.ones(1, 1, *out_hw, device=device, dtype=dtype)
     ker = torch.ones(1, 1, *conv.kernel_size, device=device, dtype=dtype)
-    cov = F.conv_transpose2d(ones_out, ker, stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
+    # unpadded transpose: index i of ``cov`` is input row i - padding (rows < 0 or >= H are padding)
+    cov = F.conv_transpose2d(ones_out, ker, stride=conv.stride, dilation=conv.dilation)[0, 0]
+    ph, pw = conv.padding
     full = torch.zeros(*in_hw, device=device, dtype=dtype)
-    h, w = min(in_hw[0], cov.shape[-2]), min(in_hw[1], cov.shape[-1])
-    full[:h, :w] = cov[0, 0, :h, :w]
+    crop = cov[ph:ph + in_hw[0], pw:pw + in_hw[1]]
+    full[:crop.shape[0], :crop.shape[1]] = crop
     return full
 
 
