@@ -188,3 +188,30 @@ def test_registered_models_follow_timm_conventions(tmp_path):
     assert [f.shape[1] for f in feats] == [64, 64, 128, 256, 512]
     with pytest.raises(NotImplementedError):
         m.set_grad_checkpointing(True)
+
+
+def test_bad_input_fails_with_one_clear_message():
+    with pytest.raises(ValueError, match="no weights are published"):
+        timm.create_model("simwnw_dualgate_resnet18_cifar", pretrained=True)
+    m = _model()
+    with pytest.raises(ValueError, match="gated blocks"):
+        dualgate_stats(m, [torch.ones(1, 64)], (32, 32))
+
+
+def test_stats_record_is_flat_and_prefixed():
+    m = _model()
+    st = dualgate_stats(m, [torch.ones(1, b.conv1.out_channels) for b in m.gated_blocks()], (32, 32))
+    rec = st.as_dict()
+    assert rec["gating_method"] == "dualgate" and rec["gating_train_ratio"] == st.train_ratio
+    assert rec["gating_density_layer4.1"] == 1.0
+
+
+def test_pretrained_loads_a_local_file(tmp_path):
+    m = _model()
+    torch.save(m.state_dict(), tmp_path / "w.pth")
+    m2 = timm.create_model("simwnw_dualgate_resnet18_cifar", pretrained=True,
+                           pretrained_cfg_overlay=dict(file=str(tmp_path / "w.pth")))
+    x = torch.randn(1, 3, 32, 32)
+    m.eval(), m2.eval()
+    with torch.no_grad():
+        assert torch.equal(m(x), m2(x))

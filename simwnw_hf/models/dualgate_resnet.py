@@ -116,6 +116,12 @@ def dense_state_dict(model: DualGateResNet) -> Dict[str, torch.Tensor]:
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> DualGateResNet:
+    sources = (kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
+    local = any(getattr(c, "file", None) or (isinstance(c, dict) and c.get("file")) for c in sources)
+    if pretrained and not local:
+        # timm would only warn and return random weights; refuse instead of handing back a plausible model
+        raise ValueError(f"no weights are published for {variant}; create it with pretrained=False, or pass "
+                         "pretrained_cfg_overlay=dict(file=PATH) to load a local checkpoint")
     return build_model_with_cfg(DualGateResNet, variant, pretrained, **kwargs)
 
 
