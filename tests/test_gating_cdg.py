@@ -141,3 +141,14 @@ def test_state_dict_round_trip_keeps_thresholds(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(forward_branch(m, x, 1), forward_branch(m2, x, 1))
+
+
+def test_bad_input_fails_with_one_clear_message():
+    with pytest.raises(ValueError, match="no 3x3 convs"):
+        convert_cdg(nn.Sequential(nn.Linear(3, 3)))
+    m = _resnet()
+    convert_cdg(m)
+    with pytest.raises(ValueError, match="forward of each branch"):
+        cdg_stats(m, (32, 32))
+    with pytest.raises(ValueError, match="branch must be 0 or 1"):
+        m.layer1[0].conv1(torch.randn(1, 64, 8, 8), branch=2)

@@ -121,9 +121,6 @@ class CDGConv2d(nn.Conv2d):
                 new.bias.copy_(conv.bias)
         return new
 
-    def _conv(self, x, w, bias):
-        return self._conv_forward(x, w, bias)
-
     def gate(self, y_base: torch.Tensor, branch: int) -> torch.Tensor:
         """Hard mask ``(N, C_out, H, W)`` from the base output."""
         sal = y_base if self.structured_group is None else channel_group_mean(y_base, self.structured_group)
@@ -139,8 +136,8 @@ class CDGConv2d(nn.Conv2d):
         if b not in (0, 1):
             raise ValueError(f"branch must be 0 or 1, got {b}")
         wb = self.weight * self.base_mask[b][:, :, None, None].to(self.weight.dtype)
-        y_base = self._conv(x, wb, self.bias)
-        y_cond = self._conv(x, self.weight - wb, None)
+        y_base = self._conv_forward(x, wb, self.bias)
+        y_cond = self._conv_forward(x, self.weight - wb, None)
         m = self.gate(y_base, b)
         self.density[b] = m.detach().mean()
         self.out_hw = tuple(y_base.shape[-2:])
