@@ -152,3 +152,25 @@ def test_bad_input_fails_with_one_clear_message():
         cdg_stats(m, (32, 32))
     with pytest.raises(ValueError, match="branch must be 0 or 1"):
         m.layer1[0].conv1(torch.randn(1, 64, 8, 8), branch=2)
+
+
+@pytest.mark.parametrize("structured", [None, 8])
+def test_fast_path_equals_cgnet_form_reference(structured):
+    """Slow reference: CGNet's ``Y * d + Y_p * (1 - d)`` with the mask recomputed independently."""
+    torch.manual_seed(1)
+    c = CDGConv2d(16, 16, 3, padding=1, structured_group=structured).eval()
+    with torch.no_grad():
+        x = torch.randn(2, 16, 8, 8)
+        wb = c.weight * c.base_mask[1][:, :, None, None]
+        y_p, y = F.conv2d(x, wb, padding=1), F.conv2d(x, c.weight, padding=1)
+        sal = y_p if structured is None else y_p.view(2, 2, 8, 8, 8).mean(2)
+        bn = c.norm[1]
+        bn.running_mean.copy_(sal.mean((0, 2, 3)))  # centre the saliency: about half the gates on
+        bn.running_var.copy_(sal.var((0, 2, 3)))
+        out = c(x, branch=1)
+        z = (sal - bn.running_mean[None, :, None, None]) / torch.sqrt(bn.running_var[None, :, None, None] + bn.eps)
+        d = (torch.sigmoid(2.0 * (z - c.tau)) > 0.5).float()
+        if structured:
+            d = d.repeat_interleave(8, dim=1)
+        assert 0 < d.mean() < 1
+        assert torch.allclose(out, y * d + y_p * (1 - d), atol=1e-5)
