@@ -141,18 +141,18 @@ def coverage(conv: nn.Conv2d, in_hw: Tuple[int, int], out_hw: Tuple[int, int], d
 
 
 def convert_back_razor(model: nn.Module, rho: float, skip_first: bool = False) -> List[str]:
-    """Replace every ``nn.Conv2d`` of ``model`` by a ``BackRazorConv2d`` (weights kept), in place."""
-    names = []
-    for name, mod in list(model.named_modules()):
-        if type(mod) is nn.Conv2d:
-            if skip_first and not names and mod.in_channels <= 4:
-                skip_first = False
-                continue
-            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-            setattr(parent, name.rsplit(".", 1)[-1], BackRazorConv2d.from_conv(mod, rho))
-            names.append(name)
-    if not names:
+    """Replace every ``nn.Conv2d`` of ``model`` by a ``BackRazorConv2d`` (weights kept), in place.
+
+    ``skip_first`` leaves the first conv (the stem, whose input is the image) dense. Returns the names.
+    """
+    convs = [(n, m) for n, m in model.named_modules() if type(m) is nn.Conv2d]
+    if not convs:
         raise ValueError("convert_back_razor found no nn.Conv2d to convert")
+    names = []
+    for name, mod in convs[1:] if skip_first else convs:
+        parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        setattr(parent, name.rsplit(".", 1)[-1], BackRazorConv2d.from_conv(mod, rho))
+        names.append(name)
     return names
 
 
