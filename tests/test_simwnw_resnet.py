@@ -5,12 +5,9 @@ import copy
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
-from torch.utils.data import default_collate
 
 import simwnw_hf  # noqa: F401  (registers simwnw_* models)
 from pair_views import shifted_pair as _pair_batch
-from simwnw_hf.data.geometry import make_geometry
 from simwnw_hf.models.resnet import SimWnWResNet
 from simwnw_hf.simwnw.masks import stage_masks
 from simwnw_hf.pruning import PairStats, SimWnWSettings, TokenPruningSettings

@@ -1,7 +1,7 @@
 """The shared trainer: metrics, FLOPs, checkpoints, resume, refusal to clobber, every framework runs."""
 
 import json
-import os
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -121,8 +121,19 @@ def test_refuses_to_clobber_existing_run(tmp_path):
 
 @pytest.mark.parametrize("framework", ["simclr", "moco", "vicreg"])
 def test_every_framework_trains(tmp_path, framework):
-    summary = train(tiny(tmp_path, framework=framework, max_steps=2))
+    """Two steps with the framework's own recipe lr, finite losses, and weights that moved."""
+    from simwnw_hf.ssl.frameworks import FRAMEWORKS
+
+    cfg = tiny(tmp_path, framework=framework, max_steps=2, save_every=1)
+    summary = train(cfg)
     assert summary["steps"] == 2 and summary["framework"] == framework
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [1, 2] and all(math.isfinite(l["loss"]) for l in lines)
+    # SGD default: recipe lr per 256 images x batch 8 / 256, after one cosine step of two (factor 0.5)
+    assert lines[0]["lr"] == pytest.approx(FRAMEWORKS[framework].sgd_lr * 8 / 256 * 0.5)
+    first, second = (load_file(str(tmp_path / f"checkpoint-{s}" / "model.safetensors")) for s in (1, 2))
+    assert first.keys() == second.keys()
+    assert any(not torch.equal(first[k], second[k]) for k in first if first[k].is_floating_point())
 
 
 def test_unreadable_images_are_skipped_and_reported(tmp_path):

@@ -52,6 +52,7 @@ class SimWnWSettings:
     method: ClassVar[str] = "simwnw"
     flag: ClassVar[str] = "--simwnw"
     families: ClassVar[str] = "simwnw_resnet* models (SimWnWResNet)"
+    ratios: ClassVar[Tuple[str, ...]] = ("removal_ratio",)   # what its PairStats measure
 
     def __post_init__(self):
         object.__setattr__(self, "block_size", _positive_or_none("block_size", self.block_size))
@@ -111,6 +112,11 @@ class TokenPruningSettings:
         object.__setattr__(self, "search_window", _positive_or_none("search_window", self.search_window))
         object.__setattr__(self, "token_groups", int(self.token_groups))
 
+    @property
+    def ratios(self) -> Tuple[str, ...]:
+        """What its PairStats measure: every token pruner keeps a token fraction; SimWnW also removes pixels."""
+        return ("removal_ratio", "kept_token_ratio") if self.method == "simwnw" else ("kept_token_ratio",)
+
     def resolve(self, patch_size: int) -> "TokenPruningSettings":
         """The same settings with the search window a ViT of ``patch_size`` px patches uses."""
         if self.method != "simwnw":
@@ -132,22 +138,29 @@ def check_family(settings: PruningSettings, accepted: type, model_name: str) -> 
 
 
 def pruning_record(settings: Optional[PruningSettings]) -> dict:
-    """``{"method", "flag", **settings}`` as summary.json and the Hub record store it (``{"method": None}``: dense)."""
+    """``{"method", **settings}`` as summary.json and the Hub record store it (``{"method": None}``: dense)."""
     if settings is None:
         return {"method": None}
     fields = asdict(settings)
     method = fields.pop("method", None) or settings.method
     if isinstance(fields.get("prune_layers"), tuple):
         fields["prune_layers"] = list(fields["prune_layers"])
-    return {"method": method, "flag": settings.flag, **fields}
+    return {"method": method, **fields}
 
 
-def reported_ratios(record: dict) -> Tuple[str, ...]:
-    """Ratios a pruning record's method measures: ``removal_ratio`` (SimWnW, blocks or tokens) and
-    ``kept_token_ratio`` (every token pruner). Records written before ``flag`` existed are told apart
-    by their fields (only token settings have ``keep_rate``)."""
-    method = (record or {}).get("method")
-    if method is None:
-        return ()
-    tokens = record.get("flag") == TokenPruningSettings.flag or (record.get("flag") is None and "keep_rate" in record)
-    return (("removal_ratio",) if method == "simwnw" else ()) + (("kept_token_ratio",) if tokens else ())
+def settings_from_record(record: Optional[dict]) -> Optional[PruningSettings]:
+    """Inverse of :func:`pruning_record` (token settings are the ones with ``keep_rate``); None: dense."""
+    if not record or record.get("method") is None:
+        return None
+    cls = TokenPruningSettings if "keep_rate" in record else SimWnWSettings
+    names = {f for f in cls.__dataclass_fields__ if f != "method"}
+    values = {k: v for k, v in record.items() if k in names}
+    if "prune_layers" in values:
+        values["prune_layers"] = tuple(values["prune_layers"])
+    return cls(method=record["method"], **values) if cls is TokenPruningSettings else cls(**values)
+
+
+def reported_ratios(record: Optional[dict]) -> Tuple[str, ...]:
+    """Ratios the method of a pruning record measures (``removal_ratio``, ``kept_token_ratio``); () when dense."""
+    settings = settings_from_record(record)
+    return settings.ratios if settings is not None else ()

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import json
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from simwnw_hf.pruning.settings import TOKEN_PRUNING_METHODS, PruningSettings, SimWnWSettings, TokenPruningSettings
