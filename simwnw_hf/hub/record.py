@@ -26,6 +26,7 @@ from simwnw_hf.data.datasets import SAMPLE_NAMES
 from simwnw_hf.pruning.settings import pruning_record
 from simwnw_hf.train.checkpoint import CHECKPOINT_RE, STATE_FILE, WEIGHTS_FILE, list_checkpoints
 from simwnw_hf.train.config import TrainConfig
+from simwnw_hf.train.layout import EVAL_FILE, RUN_CONFIG_FILE, SUMMARY_FILE
 from simwnw_hf.train.summary import cost_summary
 
 __all__ = ["RECORD_KEYS", "find_checkpoint", "training_record", "missing_fields",
@@ -112,11 +113,11 @@ def training_record(run_dir: Union[str, Path], checkpoint: Union[None, int, str,
     """The training record of one checkpoint of a run (see the module docstring)."""
     run_dir = Path(run_dir)
     ckpt = find_checkpoint(run_dir, checkpoint)
-    cfg = _read_json(run_dir / "run_config.json")
+    cfg = _read_json(run_dir / RUN_CONFIG_FILE)
     if cfg is None:
-        raise FileNotFoundError(f"{run_dir / 'run_config.json'} is missing: is {run_dir} a simwnw_hf training run?")
+        raise FileNotFoundError(f"{run_dir / RUN_CONFIG_FILE} is missing: is {run_dir} a simwnw_hf training run?")
     state = _read_json(ckpt / STATE_FILE) or {}
-    summary = _read_json(run_dir / "summary.json")
+    summary = _read_json(run_dir / SUMMARY_FILE)
     step = int(state.get("step", CHECKPOINT_RE.match(ckpt.name).group(1)))
     final = summary is not None and int(summary.get("steps", -1)) == step
     pruning = _pruning(state, summary, cfg)
@@ -155,7 +156,7 @@ def training_record(run_dir: Union[str, Path], checkpoint: Union[None, int, str,
                 if key in summary and key != "eval":
                     record[key] = summary[key]
             record["model_args"] = _model_args(record["model_args"])
-    evaluation = _read_json(run_dir / "eval.json")
+    evaluation = _read_json(run_dir / EVAL_FILE)
     if evaluation is None and summary is not None:
         evaluation = summary.get("eval")
     record["eval"] = {protocol: _relative_checkpoint(result, record["run_name"])

@@ -12,7 +12,6 @@ from both and runs the masked execution with waxing-and-waning (``simwnw.masked_
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
 from typing import Optional, Tuple
 
@@ -23,7 +22,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from simwnw_hf.data.views import denormalize
-from simwnw_hf.pruning import PairPlan, PairStats, SimWnWSettings, check_family
+from simwnw_hf.pruning import PairPlan, PairStats, SimWnWSettings, accepted_settings
 from simwnw_hf.simwnw.block_matching import match_blocks
 from simwnw_hf.simwnw.flops import trace_flops
 from simwnw_hf.simwnw.masked_exec import masked_forward_features
@@ -76,14 +75,7 @@ class SimWnWResNet(ResNet):
         The keyword form (``configure_pair_pruning(block_size=5, ...)``) is deprecated and builds the
         settings from the keywords. Token-pruning settings give a one-line ValueError.
         """
-        if settings is None:
-            if legacy:
-                warnings.warn("configure_pair_pruning(**keywords) is deprecated; pass SimWnWSettings(...)",
-                              DeprecationWarning, stacklevel=2)
-            settings = SimWnWSettings(**legacy)
-        elif legacy:
-            raise TypeError("pass either a settings object or keywords to configure_pair_pruning, not both")
-        check_family(settings, SimWnWSettings, type(self).__name__)
+        settings = accepted_settings(settings, legacy, SimWnWSettings, type(self).__name__)
         self.pair_settings = settings
         self.pair_pruning_enabled = bool(enabled)
         return self

@@ -10,6 +10,7 @@ any data is loaded (:func:`check_family`).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import ClassVar, Optional, Tuple, Union
 
@@ -135,6 +136,24 @@ def check_family(settings: PruningSettings, accepted: type, model_name: str) -> 
     if not isinstance(settings, accepted):
         raise ValueError(f"{settings.flag} fits {settings.families}; '{model_name}' is not one "
                          f"(it takes {accepted.flag}, see --help)")
+
+
+def accepted_settings(settings: Optional[PruningSettings], legacy: dict, accepted: type,
+                      model_name: str) -> PruningSettings:
+    """The settings a model's ``configure_pair_pruning(settings, **legacy)`` was given, checked for its family.
+
+    ``legacy`` keywords are the deprecated form (``configure_pair_pruning(block_size=5)``): they build an
+    ``accepted`` object, with a DeprecationWarning.
+    """
+    if settings is None:
+        if legacy:
+            warnings.warn(f"configure_pair_pruning(**keywords) is deprecated; pass {accepted.__name__}(...)",
+                          DeprecationWarning, stacklevel=3)
+        settings = accepted(**legacy)
+    elif legacy:
+        raise TypeError("pass either a settings object or keywords to configure_pair_pruning, not both")
+    check_family(settings, accepted, model_name)
+    return settings
 
 
 def pruning_record(settings: Optional[PruningSettings]) -> dict:

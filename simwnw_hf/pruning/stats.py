@@ -69,14 +69,6 @@ class PairStats:
                    flops_ratio=self.flops_ratio)
         return out
 
-    @classmethod
-    def from_values(cls, values: Iterable[float]) -> "PairStats":
-        """Inverse of :meth:`values` (e.g. after a cross-process all-reduce of the field vector)."""
-        return cls(*(float(v) for v in values))
-
-    def values(self) -> list:
-        return [float(getattr(self, f.name)) for f in fields(self)]
-
 
 @dataclass(frozen=True)
 class PairPlan:

@@ -11,9 +11,6 @@ import json
 import sys
 from pathlib import Path
 
-EVAL_FILE = "eval.json"
-
-
 def final_knn(cfg) -> dict:
     """kNN top-1 of the run's newest checkpoint on ``cfg.eval_split`` (memory bank: the training split)."""
     import timm
@@ -38,7 +35,8 @@ def run(cfg) -> dict:
     """Pre-train, then (``--knn-eval``, labelled data, main process) evaluate; returns the run summary."""
     from accelerate import PartialState
 
-    from .trainer import SUMMARY_FILE, train
+    from .layout import EVAL_FILE, SUMMARY_FILE
+    from .trainer import train
 
     summary = train(cfg)
     if cfg.knn_eval and summary.get("labelled") and PartialState().is_main_process:

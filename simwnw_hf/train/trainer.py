@@ -37,11 +37,9 @@ from simwnw_hf.ssl.frameworks import FRAMEWORKS
 from .checkpoint import latest_checkpoint, list_checkpoints, load_trainer_state, save_checkpoint
 from .config import TrainConfig
 from .flops import dense_step_flops
+from .layout import METRICS_FILE, RUN_CONFIG_FILE, SUMMARY_FILE
 from .summary import COUNTER_KEYS, cost_summary
 
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-RUN_CONFIG_FILE = "run_config.json"
 
 
 # ----------------------------------------------------------------------------------------------- build
