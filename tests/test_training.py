@@ -171,3 +171,22 @@ def test_cli_flags_and_errors(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "training" / "simclr.py"), "--dataset", str(tmp_path / "nope"),
                            "--output-dir", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_clock_starts_after_the_one_off_flops_metering(tmp_path, monkeypatch):
+    """A slow meter must not show up in wall_time_s or images_per_s (it runs once, before the clock)."""
+    import time
+
+    import simwnw_hf.train.trainer as trainer
+
+    real = trainer.dense_step_flops
+
+    def slow_meter(framework, batch):
+        time.sleep(3.0)
+        return real(framework, batch)
+
+    monkeypatch.setattr(trainer, "dense_step_flops", slow_meter)
+    started = time.perf_counter()
+    summary = train(tiny(tmp_path, max_steps=2))
+    assert time.perf_counter() - started > 3.0           # the meter did run
+    assert summary["wall_time_s"] < 3.0 and summary["dense_train_flops"] > 0
