@@ -22,7 +22,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from simwnw_hf.data.views import denormalize
-from simwnw_hf.pruning import PairPlan, PairStats, SimWnWSettings, accepted_settings
+from simwnw_hf.pruning import PairPlan, PairStats, SimWnWSettings, accepted_settings, model_name
 from simwnw_hf.simwnw.block_matching import match_blocks
 from simwnw_hf.simwnw.flops import trace_flops
 from simwnw_hf.simwnw.masked_exec import masked_forward_features
@@ -75,7 +75,7 @@ class SimWnWResNet(ResNet):
         The keyword form (``configure_pair_pruning(block_size=5, ...)``) is deprecated and builds the
         settings from the keywords. Token-pruning settings give a one-line ValueError.
         """
-        settings = accepted_settings(settings, legacy, SimWnWSettings, type(self).__name__)
+        settings = accepted_settings(settings, legacy, SimWnWSettings, model_name(self))
         self.pair_settings = settings
         self.pair_pruning_enabled = bool(enabled)
         return self

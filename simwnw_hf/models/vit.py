@@ -23,7 +23,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 
 from simwnw_hf.data.geometry import Geometry
 from simwnw_hf.data.views import denormalize
-from simwnw_hf.pruning import PairPlan, PairStats, TokenPruningSettings, accepted_settings
+from simwnw_hf.pruning import PairPlan, PairStats, TokenPruningSettings, accepted_settings, model_name
 from simwnw_hf.tokens import PairTokenPruner, TokenGroup, build_pair_pruner, vit_flops
 
 __all__ = ["SimWnWVisionTransformer"]
@@ -52,7 +52,7 @@ class SimWnWVisionTransformer(VisionTransformer):
         The keyword form (``configure_pair_pruning(method="evit", ...)``) is deprecated and builds the
         settings from the keywords. SimWnW CNN settings give a one-line ValueError.
         """
-        settings = accepted_settings(settings, legacy, TokenPruningSettings, type(self).__name__)
+        settings = accepted_settings(settings, legacy, TokenPruningSettings, model_name(self))
         vit_flops(self)  # the FLOPs report needs a standard block layout; fail now, not mid-training
         self.pair_settings = settings.resolve(self.patch_embed.patch_size[0])
         self.pair_pruner = build_pair_pruner(self.pair_settings, depth=len(self.blocks))

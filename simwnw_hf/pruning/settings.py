@@ -138,6 +138,11 @@ def check_family(settings: PruningSettings, accepted: type, model_name: str) -> 
                          f"(it takes {accepted.flag}, see --help)")
 
 
+def model_name(model) -> str:
+    """The timm name of a model (``pretrained_cfg["architecture"]``), else its class name."""
+    return (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
+
+
 def accepted_settings(settings: Optional[PruningSettings], legacy: dict, accepted: type,
                       model_name: str) -> PruningSettings:
     """The settings a model's ``configure_pair_pruning(settings, **legacy)`` was given, checked for its family.
