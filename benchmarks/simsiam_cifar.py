@@ -1,6 +1,10 @@
 """SimSiam on a CIFAR-10 subset on CPU: kNN top-1 of the trained backbone vs the same backbone at random init.
 
-    OMP_NUM_THREADS=1 python benchmarks/simsiam_cifar.py --train-images 5000 --epochs 2 --mixed-precision bf16
+    OMP_NUM_THREADS=1 python benchmarks/simsiam_cifar.py --data ../shared/data/cifar10 --train-images 5000 \
+        --epochs 2 --mixed-precision bf16
+
+``--data`` is anything :func:`simwnw_hf.data.datasets.load_image_dataset` reads with ``train`` and
+``test`` splits (the tables were made with the CIFAR-10 parquet files ``cifar10/{train,test}.parquet``).
 
 Writes ``benchmarks/results/simsiam_cifar.md`` (table + the command) and keeps the run in ``--output-dir``.
 """
@@ -15,16 +19,18 @@ from pathlib import Path
 
 import timm
 import torch
+from safetensors.torch import load_file
 
 import simwnw_hf  # noqa: F401
 from simwnw_hf.eval.knn import knn_evaluate
+from simwnw_hf.train.checkpoint import WEIGHTS_FILE, latest_checkpoint
 from simwnw_hf.train.config import TrainConfig
 from simwnw_hf.train.trainer import train
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--data", default="../shared/data/cifar10")
+    parser.add_argument("--data", required=True, help="dataset with train/test splits (folder of parquet files, Hub id)")
     parser.add_argument("--train-images", type=int, default=5000)
     parser.add_argument("--test-images", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=4)
@@ -44,9 +50,7 @@ def main():
 
     run = Path(args.output_dir)
     trained = timm.create_model(cfg.model, num_classes=0)
-    from safetensors.torch import load_file
-    from simwnw_hf.train.checkpoint import latest_checkpoint
-    trained.load_state_dict(load_file(str(latest_checkpoint(run) / "model.safetensors")))
+    trained.load_state_dict(load_file(str(latest_checkpoint(run) / WEIGHTS_FILE)))
     torch.manual_seed(cfg.seed)
     random_init = timm.create_model(cfg.model, num_classes=0)
     mean, std = trained.pretrained_cfg["mean"], trained.pretrained_cfg["std"]

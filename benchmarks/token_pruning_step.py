@@ -2,61 +2,62 @@
 
 A step is what an SSL framework runs for its encoder: both views forward through the ViT (pooled
 pre-logits features), a loss on the two features, backward. The dense step is the trainer's own
-(``encode_pair(..., prune=False)``: two separate ``encoder(x)`` calls); pruned steps go through
-``forward_pair``, including the pruner's selection work (for SimWnW: PSNR block matching on the CPU).
+(``encode_pair(encoder, x1, x2, plan=None)``: two separate calls); pruned steps make the plan
+(``plan_pair``: for SimWnW the PSNR patch matching on the CPU) and run ``forward_pair`` with it.
 Modes run interleaved (A, B, C, D, A, B, ...; order rotated every round) so drifting machine load hits
 them alike; we report median times as ratios to the dense step next to the FLOPs ratio
-``(kept_flops + overhead_flops) / dense_flops`` that ``forward_pair`` reports.
+``(pruned_flops + overhead_flops) / dense_flops`` of the step's :class:`~simwnw_hf.pruning.PairStats`
+(the plan's matching included).
 
-Views are real: ``imagenet-sample/dev.parquet`` images through ``TwoViewTransform(image_size)``
-(SimCLR-style crops, flips and colour jitter, geometry recorded), normalised with the model's mean/std.
+Views are real: images of ``--dataset`` (anything :func:`simwnw_hf.data.datasets.load_image_dataset`
+reads; the tables were made with the ImageNet sample ``imagenet-sample/dev.parquet``) through
+``TwoViewTransform(image_size)`` (SimCLR-style crops, flips and colour jitter, geometry recorded),
+normalised with the model's mean/std.
 
-    python benchmarks/token_pruning_step.py --model simwnw_vit_tiny_patch16_224 --batch-size 16 --rounds 6 \
-        --out benchmarks/results/token_pruning_step.md
+    python benchmarks/token_pruning_step.py --dataset ../shared/data/imagenet-sample/dev.parquet \
+        --model simwnw_vit_tiny_patch16_224 --batch-size 16 --rounds 6 --out benchmarks/results/token_pruning_step.md
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import timm
 import torch
-from PIL import Image
 from torch.utils.data import default_collate
 
 import simwnw_hf  # noqa: F401  (registers simwnw_vit_*)
-from simwnw_hf.data.views import TwoViewTransform, denormalize
-from simwnw_hf.ssl.pair import encode_pair
-from simwnw_hf.tokens.simwnw import match_tokens
+from simwnw_hf.data.datasets import load_image_dataset
+from simwnw_hf.data.views import TwoViewTransform
+from simwnw_hf.pruning import TokenPruningSettings
+from simwnw_hf.ssl.pair import encode_pair, plan_pair, plan_stats
 
-DATA = Path("/work/shared/data/imagenet-sample/dev.parquet")
 
-
-def load_batch(model, batch_size: int, image_size: int, seed: int):
-    table = pq.read_table(DATA, columns=["image"]).slice(0, batch_size).to_pylist()
+def load_batch(model, dataset: str, batch_size: int, image_size: int, seed: int):
+    images = load_image_dataset(dataset)
+    if len(images) < batch_size:
+        raise SystemExit(f"error: {dataset} has {len(images)} images, fewer than --batch-size {batch_size}")
     cfg = model.pretrained_cfg
     transform = TwoViewTransform(image_size=image_size, mean=cfg["mean"], std=cfg["std"])
     gen = torch.Generator().manual_seed(seed)
-    samples = [transform(Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB"), gen) for row in table]
-    batch = default_collate(samples)
+    batch = default_collate([transform(images.get_image(i), gen) for i in range(batch_size)])
     return batch["views"][0], batch["views"][1], batch["geometry"][0], batch["geometry"][1]
 
 
 def make_modes(args):
-    """name -> configure_pair_pruning settings (None: the trainer's dense step)."""
+    """name -> TokenPruningSettings (None: the trainer's dense step)."""
     layers = tuple(args.prune_layers)
+    simwnw = TokenPruningSettings("simwnw", psnr_threshold=args.psnr_threshold, token_groups=args.token_groups)
     return {
         "dense": None,
-        "simwnw": dict(method="simwnw", psnr_threshold=args.psnr_threshold, token_groups=args.token_groups),
-        "simwnw_1group": dict(method="simwnw", psnr_threshold=args.psnr_threshold, token_groups=1),
-        "simprune": dict(method="simprune", prune_layers=layers, keep_rate=args.keep_rate),
-        "evit": dict(method="evit", prune_layers=layers, keep_rate=args.keep_rate),
-        "simwnw_matching_only": "match",   # the PSNR block matching of a simwnw step, alone
+        "simwnw": simwnw,
+        "simwnw_1group": TokenPruningSettings("simwnw", psnr_threshold=args.psnr_threshold, token_groups=1),
+        "simprune": TokenPruningSettings("simprune", prune_layers=layers, keep_rate=args.keep_rate),
+        "evit": TokenPruningSettings("evit", prune_layers=layers, keep_rate=args.keep_rate),
+        "simwnw_matching_only": ("match", simwnw),   # the plan (PSNR patch matching) of a simwnw step, alone
     }
 
 
@@ -64,17 +65,17 @@ def step(model, settings, x1, x2, g1, g2):
     """One encoder training step; returns ((wall seconds, process CPU seconds), stats)."""
     model.zero_grad(set_to_none=True)
     start, cpu_start = time.perf_counter(), time.process_time()
-    if settings == "match":
-        cfg = model.pretrained_cfg
-        with torch.no_grad():
-            sel = match_tokens(denormalize(x1, cfg["mean"], cfg["std"]), denormalize(x2, cfg["mean"], cfg["std"]),
-                               g1, g2, model.patch_embed.patch_size[0])
-        return (time.perf_counter() - start, time.process_time() - cpu_start), {"match": sel.match}
+    if isinstance(settings, tuple):
+        model.configure_pair_pruning(settings[1])
+        plan = plan_pair(model, x1, x2, g1, g2)
+        return (time.perf_counter() - start, time.process_time() - cpu_start), plan_stats(plan)
     if settings is None:
-        f1, f2, stats = encode_pair(model, x1, x2, g1, g2, prune=False)
+        plan = None
     else:
-        model.configure_pair_pruning(**settings)
-        f1, f2, stats = model.forward_pair(x1, x2, g1, g2)
+        model.configure_pair_pruning(settings)
+        plan = plan_pair(model, x1, x2, g1, g2)
+    f1, f2, stats = encode_pair(model, x1, x2, plan)
+    stats = plan_stats(plan) + stats
     loss = -torch.nn.functional.cosine_similarity(f1, f2, dim=-1).mean()
     loss.backward()
     return (time.perf_counter() - start, time.process_time() - cpu_start), stats
@@ -82,6 +83,8 @@ def step(model, settings, x1, x2, g1, g2):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", required=True,
+                        help="images to cut the views from: parquet file/folder, image folder, Hub id or 'sample'")
     parser.add_argument("--model", default="simwnw_vit_tiny_patch16_224")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=224)
@@ -101,7 +104,7 @@ def main():
     torch.manual_seed(args.seed)
     model = timm.create_model(args.model, num_classes=0).train()
     model.set_progress(args.progress)
-    x1, x2, g1, g2 = load_batch(model, args.batch_size, args.image_size, args.seed)
+    x1, x2, g1, g2 = load_batch(model, args.dataset, args.batch_size, args.image_size, args.seed)
     modes = make_modes(args)
     names = list(modes)
     times = {name: [] for name in names}
@@ -123,7 +126,8 @@ def main():
     lines = [
         f"# Token-pruning training step: {args.model}, batch {args.batch_size} pairs, {args.image_size}px",
         "",
-        f"Command: `python benchmarks/token_pruning_step.py --model {args.model} --batch-size {args.batch_size} "
+        f"Command: `python benchmarks/token_pruning_step.py --dataset {args.dataset} --model {args.model} "
+        f"--batch-size {args.batch_size} "
         f"--image-size {args.image_size} --rounds {args.rounds} --threads {args.threads} "
         f"--psnr-threshold {args.psnr_threshold} --token-groups {args.token_groups} --keep-rate {args.keep_rate} "
         f"--prune-layers {' '.join(map(str, args.prune_layers))} --progress {args.progress}`",
@@ -133,9 +137,9 @@ def main():
         "cosine loss + backward. Dense = the trainer's dense step (two `encoder(x)` calls). CPU = process CPU "
         "time (with 1 thread, the compute the step did, less sensitive than wall time to the other jobs on the "
         "machine). "
-        f"Dense step FLOPs (fwd+bwd, both views): {ref['dense_flops'] / 1e9:.1f} GFLOPs.",
+        f"Dense step FLOPs (fwd+bwd, both views): {ref.dense_flops / 1e9:.1f} GFLOPs.",
         "",
-        "| mode | median wall (s) | wall / dense | median CPU (s) | CPU / dense | FLOPs / dense (kept + overhead) | "
+        "| mode | median wall (s) | wall / dense | median CPU (s) | CPU / dense | FLOPs / dense (pruned + overhead) | "
         "kept-token ratio | overhead FLOPs / dense | similar-pixel ratio |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -147,14 +151,12 @@ def main():
             continue
         if name == "simwnw_matching_only":
             lines.append(f"| (PSNR matching of a simwnw step, alone) | {t:.3f} | {t / dense_time:.3f} | {c:.3f} | "
-                         f"{c / dense_cpu:.3f} | {st['match'].overhead_flops / ref['dense_flops']:.4f} | - | - | - |")
+                         f"{c / dense_cpu:.3f} | {st.overhead_flops / ref.dense_flops:.4f} | - | - | - |")
             continue
-        pairs = st["pairs"]
-        flops = (st["kept_flops"] + st["overhead_flops"]) / st["dense_flops"]
-        removal = f"{st['removal_ratio'] / pairs:.3f}" if "removal_ratio" in st else "-"
-        lines.append(f"| {name} | {t:.3f} | {t / dense_time:.3f} | {c:.3f} | {c / dense_cpu:.3f} | {flops:.3f} | "
-                     f"{st['kept_token_ratio'] / pairs:.3f} | "
-                     f"{st['overhead_flops'] / st['dense_flops']:.4f} | {removal} |")
+        removal = f"{st.removal_ratio:.3f}" if "removal_ratio" in modes[name].ratios else "-"
+        lines.append(f"| {name} | {t:.3f} | {t / dense_time:.3f} | {c:.3f} | {c / dense_cpu:.3f} | "
+                     f"{st.flops_ratio:.3f} | {st.kept_token_ratio:.3f} | "
+                     f"{st.overhead_flops / st.dense_flops:.4f} | {removal} |")
     lines.append("")
     lines.append("Wall times (s): " + "; ".join(f"{n}: " + ", ".join(f"{t:.2f}" for t in times[n]) for n in names))
     lines.append("")

@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import simwnw_hf  # noqa: F401  (registers simwnw_* models)
+from simwnw_hf.pruning import PairStats, TokenPruningSettings
 from simwnw_hf.ssl.dino import DINO, DINOHead, DINOLoss, batch_center, dino_cross_entropy, teacher_temperature
 from simwnw_hf.ssl.momentum import cosine_schedule
 
@@ -162,7 +163,7 @@ def test_forward_equals_loss_of_its_parts_and_updates_center():
         loss, stats = dino(batch)
     expected = paper_loss(torch.stack(student), torch.stack(teacher), torch.zeros(1, 64), 0.1, 0.04)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
-    assert stats == {}
+    assert stats == PairStats()
     dino.criterion.train()
     with torch.no_grad():
         dino(batch)
@@ -247,7 +248,8 @@ def test_token_pruning_runs_in_student_and_teacher():
     """Global views go through encode_pair for both networks, so both prune; prune=False is dense."""
     from simwnw_hf.data.geometry import make_geometry
 
-    backbone = tiny_vit(img_size=64).configure_pair_pruning("simprune", prune_layers=(1,), keep_rate=0.5)
+    backbone = tiny_vit(img_size=64).configure_pair_pruning(
+        TokenPruningSettings("simprune", prune_layers=(1,), keep_rate=0.5))
     dino = tiny_dino(backbone)
     batch_size = 3
     full = make_geometry(0, 0, 64, 64, False, (64, 64), (64, 64))
@@ -256,9 +258,9 @@ def test_token_pruning_runs_in_student_and_teacher():
     batch = {"views": [x, x.flip(-1), torch.randn(batch_size, 3, 32, 32)], "geometry": [geometry, geometry]}
     loss, stats = dino(batch)
     assert torch.isfinite(loss)
-    assert stats["pairs"] == 2 * batch_size  # student pair + teacher pair
-    assert 0 < stats["kept_flops"] < stats["dense_flops"]
-    assert dino(batch, prune=False)[1] == {}
+    assert stats.pairs == 2 * batch_size  # student pair + teacher pair
+    assert 0 < stats.pruned_flops < stats.dense_flops
+    assert dino(batch, prune=False)[1] == PairStats()
     dino.teacher_backbone.pair_pruning_enabled = False
     with pytest.raises(ValueError, match="disagree on pair pruning"):
         dino(batch)

@@ -37,8 +37,8 @@ MODEL_ARGS = {"layers": [1, 1, 1, 1]}
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """Two-step SimSiam + SimWnW run of a 1-block-per-stage CIFAR ResNet on 8 sample images, 16 px."""
+    from simwnw_hf.train import run
     from simwnw_hf.train.config import parse_config
-    from simwnw_hf.train.trainer import train
 
     out = tmp_path_factory.mktemp("run") / "simsiam"
     cfg = parse_config(["--dataset", "sample", "--image-size", "16", "--batch-size", "4", "--max-steps", "2",
@@ -48,7 +48,7 @@ def run_dir(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 2 shared cores: one thread per process is much faster under load
     try:
-        train(cfg)
+        run(cfg)  # training + the entry point's final kNN evaluation
     finally:
         torch.set_num_threads(threads)
     return out

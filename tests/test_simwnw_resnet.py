@@ -5,14 +5,13 @@ import copy
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
-from torch.utils.data import default_collate
 
 import simwnw_hf  # noqa: F401  (registers simwnw_* models)
-from simwnw_hf.data.geometry import make_geometry
+from pair_views import shifted_pair as _pair_batch
 from simwnw_hf.models.resnet import SimWnWResNet
 from simwnw_hf.simwnw.masks import stage_masks
-from simwnw_hf.ssl.pair import encode_pair, finalize_stats, supports_pair_pruning
+from simwnw_hf.pruning import PairStats, SimWnWSettings, TokenPruningSettings
+from simwnw_hf.ssl.pair import encode_pair, encode_view, plan_pair, plan_stats, supports_pair_pruning
 
 
 def test_fresh_resnet50_is_timm_resnet50():
@@ -61,19 +60,6 @@ def test_timm_contracts_on_the_cifar_model():
     assert fo.feature_info.channels() == [64, 64, 128, 256, 512]
 
 
-def _pair_batch(model, batch=2, size=32, shift=(4, 2), seed=0):
-    """Two crops of one smooth source image, normalised with the model's mean/std, with geometry."""
-    g = torch.Generator().manual_seed(seed)
-    src = F.interpolate(torch.rand(batch, 3, 6, 6, generator=g), size=size + 8, mode="bilinear", align_corners=False)
-    dy, dx = shift
-    p1, p2 = src[..., :size, :size], src[..., dy:dy + size, dx:dx + size]
-    g1 = default_collate([make_geometry(0, 0, size, size, False, (size, size), (size + 8, size + 8))] * batch)
-    g2 = default_collate([make_geometry(dy, dx, size, size, False, (size, size), (size + 8, size + 8))] * batch)
-    mean = torch.tensor(model.pretrained_cfg["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(model.pretrained_cfg["std"]).view(1, 3, 1, 1)
-    return (p1 - mean) / std, (p2 - mean) / std, g1, g2
-
-
 def _small_cifar_model():
     """The registered CIFAR model with narrow stages (timm ``channels`` kwarg) to keep tests fast."""
     return timm.create_model("simwnw_resnet18_cifar", num_classes=0, channels=(16, 16, 32, 32)).train()
@@ -81,15 +67,21 @@ def _small_cifar_model():
 
 def test_forward_pair_shapes_stats_and_gradients():
     model = _small_cifar_model()
-    assert model.configure_pair_pruning(block_size=5, max_rings=1) is model and supports_pair_pruning(model)
+    settings = SimWnWSettings(block_size=5, max_rings=1)
+    assert model.configure_pair_pruning(settings) is model and supports_pair_pruning(model)
+    assert model.pair_settings is settings
     x1, x2, g1, g2 = _pair_batch(model)
-    f1, f2, stats = encode_pair(model, x1, x2, g1, g2, prune=True)
-    assert f1.shape == f2.shape == (2, 32)
-    assert set(stats) == {"dense_flops", "kept_flops", "overhead_flops", "removal_ratio", "pairs"}
-    assert stats["pairs"] == 2.0
-    assert 0.0 < stats["removal_ratio"] / stats["pairs"] <= 1.0  # smooth image, known shift: blocks match
-    assert 0.0 < stats["kept_flops"] < stats["dense_flops"] and stats["overhead_flops"] > 0
-    assert 0.0 < finalize_stats(dict(stats))["removal_ratio"] <= 1.0
+    plan = plan_pair(model, x1, x2, g1, g2, prune=True)
+    # the plan holds the match and the settings it used, resolved for the 32px views
+    assert plan.method == "simwnw" and plan.match.block_size == 5 and plan.pairs == 2
+    assert plan.settings == SimWnWSettings(block_size=5, search_window=10, max_rings=1)
+    assert plan.overhead_flops == plan.match.overhead_flops > 0 and plan_stats(plan).overhead_flops == plan.overhead_flops
+    f1, f2, stats = encode_pair(model, x1, x2, plan)
+    assert f1.shape == f2.shape == (2, 32) and isinstance(stats, PairStats)
+    assert stats.pairs == 2.0
+    assert 0.0 < stats.removal_ratio <= 1.0  # smooth image, known shift: blocks match
+    assert stats.removed_fraction_sum == pytest.approx(2 * stats.removal_ratio)
+    assert 0.0 < stats.pruned_flops < stats.dense_flops and stats.overhead_flops > 0  # waxing
     (f1.sum() + f2.sum()).backward()
     assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters())
     masks = stage_masks(model, x1[0], x2[0], {k: v[0] for k, v in g1.items()}, {k: v[0] for k, v in g2.items()},
@@ -102,26 +94,56 @@ def test_forward_pair_shapes_stats_and_gradients():
 def test_forward_pair_without_similar_blocks_is_the_dense_encoder():
     model = _small_cifar_model()
     dense = copy.deepcopy(model)
-    model.configure_pair_pruning(psnr_threshold=60.0)
+    model.configure_pair_pruning(SimWnWSettings(psnr_threshold=60.0))
     x1, _, g1, g2 = _pair_batch(model)
     x2 = torch.randn_like(x1)  # noise: no block of view 1 is within 60 dB of it
-    f1, f2, stats = model.forward_pair(x1, x2, g1, g2)
+    f1, f2, stats = model.forward_pair(x1, x2, model.plan_pair(x1, x2, g1, g2))
     torch.testing.assert_close(f1, dense(x1), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(f2, dense(x2), rtol=1e-4, atol=1e-5)
-    assert stats["removal_ratio"] == 0.0 and stats["kept_flops"] == stats["dense_flops"]
+    assert stats.removal_ratio == 0.0 and stats.pruned_flops == stats.dense_flops
     with pytest.raises(ValueError, match="equal shape"):
-        model.forward_pair(x1, x2[:, :, :16], g1, g2)
+        model.plan_pair(x1, x2[:, :, :16], g1, g2)
     with pytest.raises(ValueError, match="max_rings"):
-        model.configure_pair_pruning(max_rings=-1)
+        SimWnWSettings(max_rings=-1)
+    with pytest.raises(ValueError, match="--token-pruning fits simwnw_vit"):
+        model.configure_pair_pruning(TokenPruningSettings("evit"))
+
+
+def test_disabled_pair_pruning_runs_dense_and_dense_path_returns_pre_logits():
+    """forward_pair honours pair_pruning_enabled; dense and pair paths return the same kind of features
+    (pooled pre-logits) even for a backbone with a classifier."""
+    model = timm.create_model("simwnw_resnet18_cifar", num_classes=10, channels=(16, 16, 32, 32)).eval()
+    x1, x2, g1, g2 = _pair_batch(model)
+    model.configure_pair_pruning(SimWnWSettings(block_size=5))
+    plan = model.plan_pair(x1, x2, g1, g2)
+    model.configure_pair_pruning(SimWnWSettings(block_size=5), enabled=False)
+    assert plan_pair(model, x1, x2, g1, g2) is None
+    with torch.no_grad():
+        f1, f2, stats = model.forward_pair(x1, x2, plan)        # disabled: the plan is not applied
+        d1, d2, dense_stats = encode_pair(model, x1, x2, None)  # the dense branch
+        expected = model.forward_head(model.forward_features(x1), pre_logits=True)
+    assert stats == dense_stats == PairStats() and f1.shape == (2, 32)
+    torch.testing.assert_close(f1, expected)
+    torch.testing.assert_close(d1, expected)
+    torch.testing.assert_close(encode_view(model, x2), d2)
+    assert model(x1).shape == (2, 10)  # the classifier is still there for ordinary calls
 
 
 def test_forward_pair_under_no_grad_counts_forward_only():
     """A momentum/target encoder runs without grad: its stats hold forward FLOPs only."""
-    model = _small_cifar_model().configure_pair_pruning(block_size=5)
+    model = _small_cifar_model().configure_pair_pruning(SimWnWSettings(block_size=5))
     x1, x2, g1, g2 = _pair_batch(model)
-    _, _, train_stats = model.forward_pair(x1, x2, g1, g2)
+    plan = model.plan_pair(x1, x2, g1, g2)
+    _, _, train_stats = model.forward_pair(x1, x2, plan)
     with torch.no_grad():
-        _, _, fwd_stats = model.forward_pair(x1, x2, g1, g2)
+        _, _, fwd_stats = model.forward_pair(x1, x2, plan)
     # backward = grad-weight + grad-input (none for the stem conv), so the train step is just under 3x
-    assert 2.5 < train_stats["dense_flops"] / fwd_stats["dense_flops"] < 3.0
-    assert fwd_stats["kept_flops"] <= fwd_stats["dense_flops"]
+    assert 2.5 < train_stats.dense_flops / fwd_stats.dense_flops < 3.0
+    assert fwd_stats.pruned_flops <= fwd_stats.dense_flops
+
+
+def test_legacy_keyword_configure_still_works_with_a_warning():
+    model = _small_cifar_model()
+    with pytest.warns(DeprecationWarning, match="SimWnWSettings"):
+        model.configure_pair_pruning(block_size=5, max_rings=1)
+    assert model.pair_settings == SimWnWSettings(block_size=5, max_rings=1)

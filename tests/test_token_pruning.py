@@ -10,7 +10,8 @@ from torch.utils.data import default_collate
 import simwnw_hf  # noqa: F401
 from simwnw_hf.data.geometry import make_geometry
 from simwnw_hf.data.views import denormalize
-from simwnw_hf.ssl.pair import encode_pair
+from simwnw_hf.pruning import PairStats, SimWnWSettings, TokenPruningSettings
+from simwnw_hf.ssl.pair import encode_pair, plan_pair
 from simwnw_hf.tokens import flop_counter
 from simwnw_hf.tokens.evit import class_attention, evit_reorganize
 from simwnw_hf.tokens.gather import keep_tokens
@@ -25,6 +26,15 @@ METHODS = ("simwnw", "simprune", "evit")
 def _model(**kwargs):
     torch.manual_seed(0)
     return timm.create_model("simwnw_vit_tiny_patch16_224", num_classes=0, **dict(TINY, **kwargs))
+
+
+def _configure(model, enabled=True, **settings):
+    return model.configure_pair_pruning(TokenPruningSettings(**settings), enabled=enabled)
+
+
+def _pair(model, x1, x2, g1=None, g2=None):
+    """forward_pair with the model's own plan (what a framework does for its online encoder)."""
+    return model.forward_pair(x1, x2, model.plan_pair(x1, x2, g1, g2))
 
 
 def _views(model, batch=3, seed=0):
@@ -65,25 +75,31 @@ def test_pruning_never_changes_single_image_path():
     model = _model().train()
     x = torch.randn(2, 3, 32, 32)
     before = model(x).detach()
+    features_before = model.forward_features(x).detach()
     for method in METHODS:
-        model.configure_pair_pruning(method=method, prune_layers=(1, 2), keep_rate=0.5)
+        _configure(model, method=method, prune_layers=(1, 2), keep_rate=0.5)
         model.set_progress(0.7)
         assert model.pair_pruning_enabled
         assert torch.equal(model(x).detach(), before)
-        assert torch.equal(model.forward_features(x).detach(), model.forward_features(x).detach())
+        assert torch.equal(model.forward_features(x).detach(), features_before)
 
 
 def test_disabled_pair_path_is_the_dense_model():
     model = _model().eval()
     x1, x2, g1, g2 = _views(model)
-    model.configure_pair_pruning(method="evit", enabled=False, prune_layers=(1,))
-    f1, f2, stats = model.forward_pair(x1, x2, g1, g2)
+    _configure(model, method="evit", enabled=False, prune_layers=(1,))
+    f1, f2, stats = _pair(model, x1, x2, g1, g2)
     assert torch.allclose(f1, model(x1), atol=1e-6) and torch.allclose(f2, model(x2), atol=1e-6)
-    assert stats["kept_flops"] == stats["dense_flops"] and stats["kept_token_ratio"] == stats["pairs"] == 3
-    # encode_pair leaves a disabled encoder alone and calls forward_pair on an enabled one
-    assert encode_pair(model, x1, x2, g1, g2)[2] == {}
-    model.configure_pair_pruning(method="evit", prune_layers=(1,))
-    assert encode_pair(model, x1, x2, g1, g2)[2]["kept_token_ratio"] < 3
+    assert stats.pruned_flops == stats.dense_flops and stats.kept_token_ratio == 1.0 and stats.pairs == 3
+    # plan_pair gives a disabled encoder no plan (dense encode_pair), an enabled one an in-network plan
+    assert plan_pair(model, x1, x2, g1, g2) is None
+    assert encode_pair(model, x1, x2, None)[2] == PairStats()
+    _configure(model, method="evit", prune_layers=(1,))
+    plan = plan_pair(model, x1, x2, g1, g2)
+    assert plan.in_network and plan.method == "evit" and plan.overhead_flops == 0
+    assert encode_pair(model, x1, x2, plan)[2].kept_token_ratio < 1
+    with pytest.raises(ValueError, match="--simwnw fits simwnw_resnet"):
+        model.configure_pair_pruning(SimWnWSettings())
 
 
 # ---------------------------------------------------------------- gathering and SimWnW token removal
@@ -144,8 +160,8 @@ def test_simwnw_pruned_forward_equals_dense_restricted_to_kept_tokens(groups):
         model.forward_features(x2)
         dense_in = list(seen)
         seen.clear()
-        model.configure_pair_pruning(method="simwnw", token_groups=groups)
-        f1, f2, stats = model.forward_pair(x1, x2, g1, g2)
+        _configure(model, method="simwnw", token_groups=groups)
+        f1, f2, stats = _pair(model, x1, x2, g1, g2)
     handle.remove()
     p1, p2 = (denormalize(x, model.pretrained_cfg["mean"], model.pretrained_cfg["std"]) for x in (x1, x2))
     sel = match_tokens(p1, p2, g1, g2, PATCH)
@@ -170,8 +186,10 @@ def test_simwnw_pruned_forward_equals_dense_restricted_to_kept_tokens(groups):
     with torch.no_grad():
         ref = torch.cat([model.forward_head(model.norm(model.blocks(e)), pre_logits=True) for e in expect])
     assert torch.allclose(f1, ref, atol=1e-6)
-    assert 0 < stats["overhead_flops"]
-    assert (stats["kept_flops"] < stats["dense_flops"]) == (groups > 1)
+    plan = model.plan_pair(x1, x2, g1, g2)
+    assert plan.overhead_flops == sel.match.overhead_flops > 0 and stats.overhead_flops == 0  # matching: the plan's
+    assert torch.equal(plan.match.keep1, sel.keep1) and plan.settings.search_window == 2 * PATCH
+    assert (stats.pruned_flops < stats.dense_flops) == (groups > 1)
 
 
 # ---------------------------------------------------------------- SimPrune
@@ -240,9 +258,9 @@ def test_simprune_pruned_forward_equals_dense_restricted_to_kept_tokens():
         model.forward_features(x2)
         d1, d2 = seen[0], seen[1]
         seen.clear()
-        model.configure_pair_pruning(method="simprune", prune_layers=(layer,), keep_rate=0.7)
+        _configure(model, method="simprune", prune_layers=(layer,), keep_rate=0.7)
         model.set_progress(0.5)
-        model.forward_pair(x1, x2, g1, g2)
+        _pair(model, x1, x2, g1, g2)
     handle.remove()
     # reference: cosine of norm1 tokens by loops, loop pairing, window, gather
     blk = model.blocks[layer]
@@ -266,11 +284,11 @@ def test_simprune_pruned_forward_equals_dense_restricted_to_kept_tokens():
 
 
 def test_simprune_keeps_equal_counts_in_both_branches_at_every_block():
-    model = _model(depth=6).configure_pair_pruning(method="simprune", prune_layers=(1, 3, 4), keep_rate=0.8)
+    model = _configure(_model(depth=6), method="simprune", prune_layers=(1, 3, 4), keep_rate=0.8)
     x1, x2, g1, g2 = _views(model)
     lengths = []
     hooks = [blk.register_forward_pre_hook(lambda mod, args: lengths.append(args[0].shape[1])) for blk in model.blocks]
-    model.forward_pair(x1, x2, g1, g2)
+    _pair(model, x1, x2, g1, g2)
     for h in hooks:
         h.remove()
     pairs = list(zip(lengths[0::2], lengths[1::2]))
@@ -279,14 +297,14 @@ def test_simprune_keeps_equal_counts_in_both_branches_at_every_block():
 
 
 def test_progress_changes_simprune_choice():
-    model = _model().configure_pair_pruning(method="simprune", prune_layers=(1,), keep_rate=0.75)
+    model = _configure(_model(), method="simprune", prune_layers=(1,), keep_rate=0.75)
     x1, x2, g1, g2 = _views(model)
     seen, handle = _block_inputs(model, 1)
     with torch.no_grad():
         model.set_progress(0.0)
-        model.forward_pair(x1, x2, g1, g2)
+        _pair(model, x1, x2, g1, g2)
         model.set_progress(1.0)
-        model.forward_pair(x1, x2, g1, g2)
+        _pair(model, x1, x2, g1, g2)
     handle.remove()
     assert seen[0].shape == seen[2].shape and not torch.equal(seen[0], seen[2])
     with pytest.raises(ValueError, match="progress"):
@@ -315,8 +333,8 @@ def test_evit_pruned_forward_equals_dense_restricted_to_kept_tokens():
         model.forward_features(x2)
         dense = seen[:2]
         seen.clear()
-        model.configure_pair_pruning(method="evit", prune_layers=(layer,), keep_rate=0.7)
-        f1, _, _ = model.forward_pair(x1, x2, g1, g2)
+        _configure(model, method="evit", prune_layers=(layer,), keep_rate=0.7)
+        f1, _, _ = _pair(model, x1, x2, g1, g2)
         blk = model.blocks[layer]
         for view in range(2):
             d = dense[view]
@@ -347,20 +365,20 @@ def test_evit_reorganize_without_pruning_is_identity():
 def test_flops_match_flop_counter_and_gradients_flow(method):
     model = _model().train()
     if method:
-        model.configure_pair_pruning(method=method, prune_layers=(1, 2), keep_rate=0.7)
+        _configure(model, method=method, prune_layers=(1, 2), keep_rate=0.7)
         model.set_progress(0.3)
     x1, x2, g1, g2 = _views(model)
     with flop_counter() as counter:
-        f1, f2, stats = model.forward_pair(x1, x2, g1, g2)
+        f1, f2, stats = _pair(model, x1, x2, g1, g2)
         (f1.pow(2).sum() + f2.pow(2).sum()).backward()
     measured = counter.get_total_flops()
     # FlopCounterMode sees matmuls only: SimWnW's PSNR overhead is elementwise, the others' is matmuls
-    expected = stats["kept_flops"] + (stats["overhead_flops"] if method in ("simprune", "evit") else 0.0)
+    expected = stats.pruned_flops + (stats.overhead_flops if method in ("simprune", "evit") else 0.0)
     assert abs(measured - expected) / measured < 0.01, (method, measured, expected)
     if method is None:
-        assert stats["kept_flops"] == stats["dense_flops"]
+        assert stats.pruned_flops == stats.dense_flops
     else:
-        assert stats["kept_flops"] < stats["dense_flops"] and 0 < stats["kept_token_ratio"] < stats["pairs"]
+        assert stats.pruned_flops < stats.dense_flops and 0 < stats.kept_token_ratio < 1
     for name, p in model.named_parameters():
         if name.startswith("blocks") or name in ("cls_token", "pos_embed", "patch_embed.proj.weight"):
             assert p.grad is not None and p.grad.abs().sum() > 0 and torch.isfinite(p.grad).all(), name
@@ -368,44 +386,44 @@ def test_flops_match_flop_counter_and_gradients_flow(method):
 
 def test_dense_flops_match_flop_counter_of_two_dense_calls():
     model = _model().train()
-    model.configure_pair_pruning(method="evit", prune_layers=(1,))
+    _configure(model, method="evit", prune_layers=(1,))
     x1, x2, g1, g2 = _views(model)
-    _, _, stats = model.forward_pair(x1, x2, g1, g2)
+    _, _, stats = _pair(model, x1, x2, g1, g2)
     with flop_counter() as counter:
         (model(x1).sum() + model(x2).sum()).backward()
-    assert abs(counter.get_total_flops() - stats["dense_flops"]) / stats["dense_flops"] < 0.01
+    assert abs(counter.get_total_flops() - stats.dense_flops) / stats.dense_flops < 0.01
     with torch.no_grad():                              # no backward: forward FLOPs only
-        _, _, stats = model.forward_pair(x1, x2, g1, g2)
+        _, _, stats = _pair(model, x1, x2, g1, g2)
         with flop_counter() as counter:
             model(x1), model(x2)
-    assert abs(counter.get_total_flops() - stats["dense_flops"]) / stats["dense_flops"] < 0.01
+    assert abs(counter.get_total_flops() - stats.dense_flops) / stats.dense_flops < 0.01
 
 
 def test_bad_settings_and_inputs_are_named():
     model = _model()
-    with pytest.raises(ValueError, match="unknown token-pruning method"):
-        model.configure_pair_pruning(method="tome")
+    with pytest.raises(ValueError, match="--token-pruning must be one of"):
+        _configure(model, method="tome")
     with pytest.raises(ValueError, match="keep_rate"):
-        model.configure_pair_pruning(method="evit", keep_rate=0.0)
+        _configure(model, method="evit", keep_rate=0.0)
     with pytest.raises(ValueError, match="prune_layers"):
-        model.configure_pair_pruning(method="simprune", prune_layers=(4, 7, 10))   # depth 4
-    model.configure_pair_pruning(method="simwnw")
+        _configure(model, method="simprune", prune_layers=(4, 7, 10))   # depth 4
+    _configure(model, method="simwnw")
     x1, x2, _, _ = _views(model)
     with pytest.raises(ValueError, match="geometry"):
-        model.forward_pair(x1, x2)
+        model.plan_pair(x1, x2)
     with pytest.raises(ValueError, match="same images"):
-        model.forward_pair(x1, x2[:1])
+        model.plan_pair(x1, x2[:1])
 
 
 def test_grad_checkpointing_and_copies_keep_the_pair_path():
     import copy
 
-    model = _model().configure_pair_pruning(method="simprune", prune_layers=(1,), keep_rate=0.7)
+    model = _configure(_model(), method="simprune", prune_layers=(1,), keep_rate=0.7)
     x1, x2, g1, g2 = _views(model)
-    f1, f2, stats = model.forward_pair(x1, x2, g1, g2)
+    f1, f2, stats = _pair(model, x1, x2, g1, g2)
     twin = copy.deepcopy(model)            # the trainer meters dense FLOPs on a deep copy
     twin.set_grad_checkpointing(True)
-    c1, c2, cstats = twin.forward_pair(x1, x2, g1, g2)
+    c1, c2, cstats = _pair(twin, x1, x2, g1, g2)
     (c1.sum() + c2.sum()).backward()
     assert torch.allclose(f1, c1, atol=1e-6) and torch.allclose(f2, c2, atol=1e-6)
-    assert cstats["kept_token_ratio"] == stats["kept_token_ratio"] and twin.pair_pruning_enabled
+    assert cstats.kept_token_ratio == stats.kept_token_ratio and twin.pair_pruning_enabled

@@ -1,7 +1,7 @@
 """The shared trainer: metrics, FLOPs, checkpoints, resume, refusal to clobber, every framework runs."""
 
 import json
-import os
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -121,8 +121,19 @@ def test_refuses_to_clobber_existing_run(tmp_path):
 
 @pytest.mark.parametrize("framework", ["simclr", "moco", "vicreg"])
 def test_every_framework_trains(tmp_path, framework):
-    summary = train(tiny(tmp_path, framework=framework, max_steps=2))
+    """Two steps with the framework's own recipe lr, finite losses, and weights that moved."""
+    from simwnw_hf.ssl.frameworks import FRAMEWORKS
+
+    cfg = tiny(tmp_path, framework=framework, max_steps=2, save_every=1)
+    summary = train(cfg)
     assert summary["steps"] == 2 and summary["framework"] == framework
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [1, 2] and all(math.isfinite(l["loss"]) for l in lines)
+    # SGD default: recipe lr per 256 images x batch 8 / 256, after one cosine step of two (factor 0.5)
+    assert lines[0]["lr"] == pytest.approx(FRAMEWORKS[framework].sgd_lr * 8 / 256 * 0.5)
+    first, second = (load_file(str(tmp_path / f"checkpoint-{s}" / "model.safetensors")) for s in (1, 2))
+    assert first.keys() == second.keys()
+    assert any(not torch.equal(first[k], second[k]) for k in first if first[k].is_floating_point())
 
 
 def test_unreadable_images_are_skipped_and_reported(tmp_path):
@@ -160,3 +171,22 @@ def test_cli_flags_and_errors(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "training" / "simclr.py"), "--dataset", str(tmp_path / "nope"),
                            "--output-dir", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_clock_starts_after_the_one_off_flops_metering(tmp_path, monkeypatch):
+    """A slow meter must not show up in wall_time_s or images_per_s (it runs once, before the clock)."""
+    import time
+
+    import simwnw_hf.train.trainer as trainer
+
+    real = trainer.dense_step_flops
+
+    def slow_meter(framework, batch):
+        time.sleep(3.0)
+        return real(framework, batch)
+
+    monkeypatch.setattr(trainer, "dense_step_flops", slow_meter)
+    started = time.perf_counter()
+    summary = train(tiny(tmp_path, max_steps=2))
+    assert time.perf_counter() - started > 3.0           # the meter did run
+    assert summary["wall_time_s"] < 3.0 and summary["dense_train_flops"] > 0

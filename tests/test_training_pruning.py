@@ -18,24 +18,66 @@ def run(tmp_path, **kw):
     return summary, [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_simwnw_resnet_metrics(tmp_path):
+def _check_stats_reach_every_output(tmp_path, summary, lines, ratios):
+    """metrics.jsonl (new and old key names), summary.json and the exported record agree on the pruning."""
+    from simwnw_hf.hub.export import export_run
+    from simwnw_hf.hub.record import read_training_record
+
+    for line in lines:
+        assert line["pruned_flops"] == line["simwnw_flops"]            # old name kept as an alias
+        assert 0 < line["overhead_flops"] and line["pruned_flops"] < line["dense_flops"]
+        for key in ratios:
+            assert 0 < line[key] < 1, (key, line)                        # something was pruned, not all
+        for key in {"removal_ratio", "kept_token_ratio"} - set(ratios):
+            assert key not in line
+    assert lines[-1]["train_flops"] == pytest.approx(sum(l["pruned_flops"] for l in lines))
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["pruning"] == summary["pruning"] and 0 < saved["flops_saving_pct"] < 100
+    assert saved["train_flops"] == pytest.approx(saved["dense_train_flops"] * (1 - saved["flops_saving_pct"] / 100))
+    means = {"removal_ratio": "mean_removal_ratio", "kept_token_ratio": "mean_kept_token_ratio"}
+    for key, mean in means.items():
+        if key in ratios:
+            assert saved[mean] == pytest.approx(sum(l[key] for l in lines) / len(lines))
+        else:
+            assert saved[mean] is None
+    record = read_training_record(export_run(tmp_path, tmp_path.parent / (tmp_path.name + "-export")))
+    for key in ("pruning", "train_flops", "dense_train_flops", "flops_saving_pct", "overhead_flops",
+                "mean_removal_ratio", "mean_kept_token_ratio"):
+        assert record[key] == saved[key], key
+    return saved
+
+
+def test_simwnw_resnet_stats_reach_metrics_summary_and_record(tmp_path):
     summary, lines = run(tmp_path, framework="simsiam", model="simwnw_resnet18_cifar", simwnw=True,
                          model_args='{"channels": [8, 16, 16, 16]}')
-    for line in lines:
-        assert {"removal_ratio", "dense_flops", "simwnw_flops", "overhead_flops"} <= set(line)
-        assert 0 < line["removal_ratio"] < 1
-        assert line["overhead_flops"] > 0 and line["simwnw_flops"] < line["dense_flops"]
-    assert lines[-1]["train_flops"] == pytest.approx(sum(l["simwnw_flops"] for l in lines))
-    assert summary["pruning"]["method"] == "simwnw" and 0 < summary["flops_saving_pct"] < 100
+    saved = _check_stats_reach_every_output(tmp_path, summary, lines, ("removal_ratio",))
+    # the resolved settings are recorded: 5 px blocks and a 10 px window at 32 px, and max_rings
+    assert saved["pruning"] == {"method": "simwnw", "block_size": 5, "psnr_threshold": 20.0, "search_window": 10,
+                                "max_rings": 2}
 
 
 @pytest.mark.parametrize("method", ["simwnw", "simprune", "evit"])
-def test_token_pruning_metrics(tmp_path, method):
+def test_token_pruning_stats_reach_metrics_summary_and_record(tmp_path, method):
     summary, lines = run(tmp_path, framework="byol", model="simwnw_vit_tiny_patch16_224", model_args=TINY_VIT,
                          token_pruning=method, prune_layers=(1, 2), psnr_threshold=15.0)
-    for line in lines:
-        assert 0 < line["kept_token_ratio"] <= 1 and line["simwnw_flops"] <= line["dense_flops"]
-    assert summary["mean_kept_token_ratio"] is not None
+    ratios = ("removal_ratio", "kept_token_ratio") if method == "simwnw" else ("kept_token_ratio",)
+    saved = _check_stats_reach_every_output(tmp_path, summary, lines, ratios)
+    assert saved["pruning"]["method"] == method and saved["pruning"]["prune_layers"] == [1, 2]
+    if method == "simwnw":
+        assert saved["pruning"]["search_window"] == 16  # resolved: 2 x the 8 px patch
+
+
+def test_wrong_family_flags_fail_in_one_line_before_loading_data(tmp_path):
+    missing = str(tmp_path / "no-such-dataset")  # data loading would fail differently: it must not be reached
+    cases = [(dict(model="simwnw_vit_tiny_patch16_224", model_args=TINY_VIT, simwnw=True), "--simwnw fits simwnw_resnet"),
+             (dict(model="simwnw_resnet18_cifar", token_pruning="evit"), "--token-pruning fits simwnw_vit"),
+             (dict(model="resnet18", simwnw=True), "--simwnw needs a pruning-aware backbone"),
+             (dict(model="vit_tiny_patch16_224", model_args='{"img_size": 32}', token_pruning="simprune"),
+              "--token-pruning needs a pruning-aware backbone")]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message) as err:
+            run(tmp_path / "x", dataset=missing, **kwargs)
+        assert "\n" not in str(err.value)
 
 
 def test_dino_with_simprune(tmp_path):

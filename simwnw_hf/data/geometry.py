@@ -25,8 +25,6 @@ import torch
 
 Geometry = Dict[str, torch.Tensor]
 
-GEOMETRY_KEYS = ("crop", "flip", "out_size", "source_size")
-
 
 def make_geometry(top: float, left: float, height: float, width: float, flip: bool,
                   out_size: tuple[int, int], source_size: tuple[int, int]) -> Geometry:
@@ -90,8 +88,3 @@ def map_pixel_centers(rows: torch.Tensor, cols: torch.Tensor, geom_from: Geometr
     """
     vy, vx = map_points(rows.to(torch.float64) + 0.5, cols.to(torch.float64) + 0.5, geom_from, geom_to)
     return vy - 0.5, vx - 0.5
-
-
-def index_geometry(geom: Geometry, index) -> Geometry:
-    """Select samples of a batched geometry (``index`` as for tensor indexing)."""
-    return {k: v[index] for k, v in geom.items()}

@@ -9,7 +9,9 @@ Tables 1-3: training FLOPs of the pruned vs the dense run).
 
 A record can be built for any complete checkpoint, not only the last one: ``summary.json`` describes
 the end of the run, so for an earlier checkpoint the cumulative counters the trainer stores in that
-checkpoint's ``trainer_state.json`` are used instead, and the run-end evaluation is not claimed.
+checkpoint's ``trainer_state.json`` are used instead (through the trainer's own
+:func:`~simwnw_hf.train.summary.cost_summary`), and the run-end evaluation is not claimed. The pruning
+settings are the resolved ones the trainer stored (``trainer_state.json["pruning"]``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ from typing import Optional, Union
 
 from safetensors import safe_open
 
+from simwnw_hf.data.datasets import SAMPLE_NAMES
+from simwnw_hf.pruning.settings import pruning_record
 from simwnw_hf.train.checkpoint import CHECKPOINT_RE, STATE_FILE, WEIGHTS_FILE, list_checkpoints
+from simwnw_hf.train.config import TrainConfig
+from simwnw_hf.train.layout import EVAL_FILE, RUN_CONFIG_FILE, SUMMARY_FILE
+from simwnw_hf.train.summary import cost_summary
 
 __all__ = ["RECORD_KEYS", "find_checkpoint", "training_record", "missing_fields",
            "record_to_metadata", "metadata_to_record", "read_training_record"]
@@ -78,16 +85,12 @@ def find_checkpoint(run_dir: Union[str, Path], checkpoint: Union[None, int, str,
     return path
 
 
-def _pruning_from_config(cfg: dict) -> dict:
-    """``{"method": ..., **settings}`` as the trainer's summary writes it (``TrainConfig.pruning``)."""
-    if cfg.get("simwnw"):
-        return {"method": "simwnw", "block_size": cfg.get("block_size"), "psnr_threshold": cfg.get("psnr_threshold"),
-                "search_window": cfg.get("search_window")}
-    if cfg.get("token_pruning"):
-        return {"method": cfg["token_pruning"], "psnr_threshold": cfg.get("psnr_threshold"),
-                "search_window": cfg.get("search_window"), "keep_rate": cfg.get("keep_rate"),
-                "prune_layers": cfg.get("prune_layers")}
-    return {"method": None}
+def _pruning(state: dict, summary: Optional[dict], cfg: dict) -> dict:
+    """The resolved pruning record the trainer stored (checkpoint, else summary); older runs: from the config."""
+    for source in (state, summary or {}):
+        if isinstance(source.get("pruning"), dict):
+            return dict(source["pruning"])
+    return pruning_record(TrainConfig.from_dict(cfg).pruning)
 
 
 def _model_args(value) -> dict:
@@ -101,44 +104,31 @@ def _model_args(value) -> dict:
     return dict(value)
 
 
-def _from_counters(state: dict, cfg: dict) -> dict:
-    """Cost figures of an intermediate checkpoint from its cumulative trainer counters."""
-    counters = state.get("counters") or {}
-    train = counters.get("train_flops")
-    dense = counters.get("dense_flops")
-    pruned = counters.get("pruned_steps") or 0
-    method = _pruning_from_config(cfg)["method"]
-    return {
-        "train_flops": train,
-        "dense_train_flops": dense,
-        "flops_saving_pct": 100.0 * (1 - train / dense) if train is not None and dense else None,
-        "overhead_flops": counters.get("overhead_flops"),
-        "mean_removal_ratio": counters.get("removal_ratio_sum", 0.0) / pruned if pruned and method == "simwnw" else None,
-        "mean_kept_token_ratio": (counters.get("kept_token_ratio_sum", 0.0) / pruned
-                                  if pruned and cfg.get("token_pruning") else None),
-        "wall_time_s": counters.get("wall_time_s"),
-    }
+def _from_counters(state: dict, pruning: dict) -> dict:
+    """Cost figures of a checkpoint from its cumulative trainer counters (summed over processes)."""
+    return cost_summary(state.get("counters") or {}, pruning)
 
 
 def training_record(run_dir: Union[str, Path], checkpoint: Union[None, int, str, Path] = None) -> dict:
     """The training record of one checkpoint of a run (see the module docstring)."""
     run_dir = Path(run_dir)
     ckpt = find_checkpoint(run_dir, checkpoint)
-    cfg = _read_json(run_dir / "run_config.json")
+    cfg = _read_json(run_dir / RUN_CONFIG_FILE)
     if cfg is None:
-        raise FileNotFoundError(f"{run_dir / 'run_config.json'} is missing: is {run_dir} a simwnw_hf training run?")
+        raise FileNotFoundError(f"{run_dir / RUN_CONFIG_FILE} is missing: is {run_dir} a simwnw_hf training run?")
     state = _read_json(ckpt / STATE_FILE) or {}
-    summary = _read_json(run_dir / "summary.json")
+    summary = _read_json(run_dir / SUMMARY_FILE)
     step = int(state.get("step", CHECKPOINT_RE.match(ckpt.name).group(1)))
     final = summary is not None and int(summary.get("steps", -1)) == step
+    pruning = _pruning(state, summary, cfg)
 
     record = {
         "record_version": RECORD_VERSION,
         "framework": cfg.get("framework"),
         "model": cfg.get("model"),
         "model_args": _model_args(cfg.get("model_args")),
-        "pruning": _pruning_from_config(cfg),
-        "dataset": cfg.get("dataset") or "sample",
+        "pruning": pruning,
+        "dataset": cfg.get("dataset") or SAMPLE_NAMES[0],
         "split": cfg.get("split") or "train",
         "num_images": None,
         "epochs": state.get("epoch"),
@@ -151,7 +141,7 @@ def training_record(run_dir: Union[str, Path], checkpoint: Union[None, int, str,
         "run_name": run_dir.resolve().name,  # the folder name only: no local paths in published records
         "checkpoint": ckpt.name,
         "final_checkpoint": final,
-        **_from_counters(state, cfg),
+        **_from_counters(state, pruning),
         "flops_unit": "FLOPs of forward+backward (torch.utils.flop_counter; 1 MAC = 2 FLOPs)",
         "hardware": None, "versions": None, "git_commit": None,
         "eval": {},
@@ -166,7 +156,7 @@ def training_record(run_dir: Union[str, Path], checkpoint: Union[None, int, str,
                 if key in summary and key != "eval":
                     record[key] = summary[key]
             record["model_args"] = _model_args(record["model_args"])
-    evaluation = _read_json(run_dir / "eval.json")
+    evaluation = _read_json(run_dir / EVAL_FILE)
     if evaluation is None and summary is not None:
         evaluation = summary.get("eval")
     record["eval"] = {protocol: _relative_checkpoint(result, record["run_name"])

@@ -4,16 +4,16 @@ A ``SimWnWResNet`` *is* a timm ``ResNet`` (same modules, same state_dict keys), 
 ways and single-image inference is exactly timm's. The only architectural option added is the CIFAR
 stem (3x3 stride-1 conv, no max-pool) used by SimCLR/SimSiam for 32px images.
 
-SSL training adds the pair path (paper §4): ``forward_pair(x1, x2, g1, g2)`` block-matches the two
-views (``simwnw.block_matching``), removes similar blocks from both, and runs the reference masked
-execution with waxing-and-waning (``simwnw.masked_exec``, ``simwnw.masks``); its stats report the
-FLOPs saved (``simwnw.flops``). The contract is in ``simwnw_hf/ssl/pair.py`` and docs/DESIGN.md.
+SSL training adds the pair path (paper §4): ``plan_pair(x1, x2, g1, g2)`` block-matches the two views
+(``simwnw.block_matching``) once per step, and ``forward_pair(x1, x2, plan)`` removes the similar blocks
+from both and runs the masked execution with waxing-and-waning (``simwnw.masked_exec``,
+``simwnw.masks``); its :class:`~simwnw_hf.pruning.PairStats` report the FLOPs saved (``simwnw.flops``). The contract is in ``simwnw_hf/ssl/pair.py`` and docs/DESIGN.md.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Dict, Optional, Tuple
+from dataclasses import replace
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -22,39 +22,20 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from simwnw_hf.data.views import denormalize
+from simwnw_hf.pruning import PairPlan, PairStats, SimWnWSettings, accepted_settings, model_name
 from simwnw_hf.simwnw.block_matching import match_blocks
 from simwnw_hf.simwnw.flops import trace_flops
 from simwnw_hf.simwnw.masked_exec import masked_forward_features
 from simwnw_hf.simwnw.masks import pair_expander
 
-__all__ = ["SimWnWResNet", "PairPruningConfig"]
+__all__ = ["SimWnWResNet", "SimWnWSettings", "PairPruningConfig"]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
-@dataclass(frozen=True)
-class PairPruningConfig:
-    """SimWnW settings of the pair path (paper defaults: 20 dB, search window 2x block, §4.1/§5).
-
-    block_size: input block side (None: ``default_block_size`` of the view height, 5 @ 32px, 30 @ 224px).
-    psnr_threshold: dB; blocks and feature-map rings at or above it are removed.
-    search_window: side of the block search region in view 2 (None: 2 x block size).
-    max_rings: most rings waxed per conv input (see ``simwnw.masks``).
-    """
-
-    block_size: Optional[int] = None
-    psnr_threshold: float = 20.0
-    search_window: Optional[int] = None
-    max_rings: int = 2
-
-    def __post_init__(self):
-        if self.block_size is not None and self.block_size < 1:
-            raise ValueError(f"block_size must be positive, got {self.block_size}")
-        if self.search_window is not None and self.search_window < 1:
-            raise ValueError(f"search_window must be positive, got {self.search_window}")
-        if self.max_rings < 0:
-            raise ValueError(f"max_rings must be >= 0, got {self.max_rings}")
+# The settings type of this family; the old name stays importable for one release.
+PairPruningConfig = SimWnWSettings
 
 
 class SimWnWResNet(ResNet):
@@ -78,14 +59,24 @@ class SimWnWResNet(ResNet):
                 info["reduction"] = max(1, info["reduction"] // (2 if info["module"] == "act1" else 4))
             nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         # Plain attributes, not buffers: the state_dict stays timm's.
-        self.pair_pruning = PairPruningConfig()
+        self.pair_settings = SimWnWSettings()
         self.pair_pruning_enabled = False
 
-    def configure_pair_pruning(self, block_size: Optional[int] = None, psnr_threshold: float = 20.0,
-                               search_window: Optional[int] = None, max_rings: int = 2,
-                               enabled: bool = True) -> "SimWnWResNet":
-        """Set the SimWnW settings used by :meth:`forward_pair` and switch pair pruning on/off."""
-        self.pair_pruning = PairPruningConfig(block_size, psnr_threshold, search_window, max_rings)
+    @property
+    def pair_pruning(self) -> SimWnWSettings:
+        """Old name of :attr:`pair_settings`."""
+        return self.pair_settings
+
+    def configure_pair_pruning(self, settings: Optional[SimWnWSettings] = None, *, enabled: bool = True,
+                               **legacy) -> "SimWnWResNet":
+        """Use ``settings`` (:class:`~simwnw_hf.pruning.SimWnWSettings`) in :meth:`plan_pair` and switch pair
+        pruning on (or off with ``enabled=False``).
+
+        The keyword form (``configure_pair_pruning(block_size=5, ...)``) is deprecated and builds the
+        settings from the keywords. Token-pruning settings give a one-line ValueError.
+        """
+        settings = accepted_settings(settings, legacy, SimWnWSettings, model_name(self))
+        self.pair_settings = settings
         self.pair_pruning_enabled = bool(enabled)
         return self
 
@@ -97,50 +88,65 @@ class SimWnWResNet(ResNet):
             raise ValueError(f"pretrained_cfg mean has {len(mean)} channels, the views have {x.shape[1]}")
         return denormalize(x, mean, std)
 
-    def run_pair(self, x1: torch.Tensor, x2: torch.Tensor, g1, g2, **settings):
-        """Block matching + masked forward of both views; returns ``(match, (h1, h2), trace)``.
+    def plan_pair(self, x1: torch.Tensor, x2: torch.Tensor, g1, g2, **overrides) -> PairPlan:
+        """Block-match the two views (paper §4.1) with :attr:`pair_settings` (``overrides`` replace fields).
 
-        ``settings`` override :attr:`pair_pruning` for this call (same names as
-        :meth:`configure_pair_pruning`, minus ``enabled``). ``h*``: final feature maps (B, C, h, w);
-        ``trace``: the ``masked_exec`` records (convs, waxing overhead, per-stage masks).
+        Returns a :class:`~simwnw_hf.pruning.PairPlan` whose ``match`` is the ``BlockMatch`` and whose
+        ``settings`` are the ones used, resolved for the view size; its ``overhead_flops`` is the matching.
         """
         if x1.dim() != 4 or x1.shape != x2.shape:
             raise ValueError(f"forward_pair needs two (B, C, H, W) views of equal shape, got "
                              f"{tuple(x1.shape)} and {tuple(x2.shape)}")
-        cfg = PairPruningConfig(**dict(asdict(self.pair_pruning), **settings))
+        if g1 is None or g2 is None:
+            raise ValueError("SimWnW pair pruning needs the crop/flip geometry of both views; "
+                             "build the dataset with TwoViewTransform (it records it)")
+        settings = replace(self.pair_settings, **overrides).resolve(x1.shape[-2])
         with torch.no_grad():
             match = match_blocks(self._pixels(x1.detach()), self._pixels(x2.detach()), g1, g2,
-                                 block_size=cfg.block_size, psnr_threshold=cfg.psnr_threshold,
-                                 search_window=cfg.search_window)
+                                 block_size=settings.block_size, psnr_threshold=settings.psnr_threshold,
+                                 search_window=settings.search_window)
+        return PairPlan(method=settings.method, settings=settings, match=match,
+                        overhead_flops=float(match.overhead_flops), pairs=int(x1.shape[0]))
+
+    def run_pair(self, x1: torch.Tensor, x2: torch.Tensor, g1=None, g2=None, plan: Optional[PairPlan] = None,
+                 **settings):
+        """Masked forward of both views from a plan; returns ``(match, (h1, h2), trace)``.
+
+        Without ``plan`` one is made with :meth:`plan_pair` (``settings`` override :attr:`pair_settings`
+        for this call, same names as :class:`~simwnw_hf.pruning.SimWnWSettings`). ``h*``: final feature
+        maps (B, C, h, w); ``trace``: the ``masked_exec`` records (convs, waxing overhead, per-stage masks).
+        """
+        if plan is None:
+            plan = self.plan_pair(x1, x2, g1, g2, **settings)
+        match, cfg = plan.match, plan.settings
         expand = pair_expander(match.src_yx, match.match_yx, match.similar, match.block_size,
                                tuple(x1.shape[-2:]), cfg.psnr_threshold, cfg.max_rings)
         hs, _, trace = masked_forward_features(self, [x1, x2], [match.mask1, match.mask2], expand)
         return match, tuple(hs), trace
 
-    def forward_pair(self, x1: torch.Tensor, x2: torch.Tensor, g1, g2
-                     ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
+    def forward_pair(self, x1: torch.Tensor, x2: torch.Tensor, plan: Optional[PairPlan] = None
+                     ) -> Tuple[torch.Tensor, torch.Tensor, PairStats]:
         """SimWnW forward of an augmented pair (paper §4): pooled pre-logits of both views + stats.
 
-        ``x1``/``x2``: (B, C, H, W) views normalised with ``pretrained_cfg`` mean/std; ``g1``/``g2``:
-        their batched geometry. Returns ``f1``/``f2`` (B, num_features) and the stats of
-        ``simwnw_hf.ssl.pair``: ``dense_flops``/``kept_flops`` (backbone convs of both views,
-        forward + the backward autograd will run), ``overhead_flops`` (block matching + waxing),
-        ``removal_ratio`` (input pixels removed, mean of both views) times ``pairs``, ``pairs``.
+        ``x1``/``x2``: (B, C, H, W) views normalised with ``pretrained_cfg`` mean/std; ``plan``: from
+        :meth:`plan_pair`. With ``plan=None`` or pruning disabled both views run dense (timm's
+        ``forward_features``) and ``pruned_flops == dense_flops == 0``: nothing was metered.
+        Stats (:class:`~simwnw_hf.pruning.PairStats`): ``dense_flops``/``pruned_flops`` (backbone convs
+        of both views, forward + the backward autograd will run), ``overhead_flops`` (waxing only: the
+        matching belongs to the plan), ``removed_fraction_sum`` (input pixels removed, mean of both views,
+        summed over pairs), ``pairs``.
         """
-        match, (h1, h2), trace = self.run_pair(x1, x2, g1, g2)
+        if plan is None or not self.pair_pruning_enabled:
+            return (self.forward_head(self.forward_features(x1), pre_logits=True),
+                    self.forward_head(self.forward_features(x2), pre_logits=True), PairStats())
+        match, (h1, h2), trace = self.run_pair(x1, x2, plan=plan)
         f1 = self.forward_head(h1, pre_logits=True)
         f2 = self.forward_head(h2, pre_logits=True)
         fl = trace_flops(trace)
         pairs = float(x1.shape[0])
         removal = 0.5 * (match.mask1.float().mean() + match.mask2.float().mean())
-        stats = {
-            "dense_flops": fl["dense_flops"],
-            "kept_flops": fl["kept_flops"],
-            "overhead_flops": float(match.overhead_flops) + fl["wax_flops"],
-            "removal_ratio": float(removal) * pairs,
-            "pairs": pairs,
-        }
-        return f1, f2, stats
+        return f1, f2, PairStats(pairs=pairs, dense_flops=fl["dense_flops"], pruned_flops=fl["kept_flops"],
+                                 overhead_flops=fl["wax_flops"], removed_fraction_sum=float(removal) * pairs)
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> SimWnWResNet:

@@ -4,15 +4,16 @@ the encoder of SimWnW App. A.4 and SimPrune), ``simwnw_vit_base_patch16_224``.
 A ``SimWnWVisionTransformer`` *is* timm's ``VisionTransformer``: same modules, same state_dict keys,
 and the inherited single-image ``forward`` / ``forward_features`` / ``forward_intermediates`` run
 untouched (fused attention on), so weights load both ways and inference is exactly timm's. What it adds
-is the two-view path :meth:`forward_pair` that SSL frameworks call through
-:func:`simwnw_hf.ssl.pair.encode_pair`: both views go through the blocks in lockstep, and the pruner
-picked with :meth:`configure_pair_pruning` (:mod:`simwnw_hf.tokens`) shortens their sequences, before
-the first block (SimWnW) or at chosen blocks (SimPrune, EViT). Only that path ever prunes.
+is the two-view path that SSL frameworks call through :mod:`simwnw_hf.ssl.pair`: :meth:`plan_pair`
+decides once per step what to remove (SimWnW's patch matching; nothing for the in-network SimPrune and
+EViT), and :meth:`forward_pair` runs both views through the blocks in lockstep with the pruner picked by
+:meth:`configure_pair_pruning` (:mod:`simwnw_hf.tokens`), before the first block (SimWnW) or at chosen
+blocks (SimPrune, EViT). Only that path ever prunes.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -22,6 +23,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 
 from simwnw_hf.data.geometry import Geometry
 from simwnw_hf.data.views import denormalize
+from simwnw_hf.pruning import PairPlan, PairStats, TokenPruningSettings, accepted_settings, model_name
 from simwnw_hf.tokens import PairTokenPruner, TokenGroup, build_pair_pruner, vit_flops
 
 __all__ = ["SimWnWVisionTransformer"]
@@ -37,27 +39,23 @@ class SimWnWVisionTransformer(VisionTransformer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.pair_pruning_enabled = False
+        self.pair_settings: Optional[TokenPruningSettings] = None
         self.pair_pruner: PairTokenPruner = PairTokenPruner()
         self.pair_progress = 0.0
 
-    def configure_pair_pruning(self, method: str = "simwnw", psnr_threshold: float = 20.0,
-                               search_window: Optional[int] = None, prune_layers: Sequence[int] = (4, 7, 10),
-                               keep_rate: float = 0.8, difficulty_span: float = 0.5,
-                               search_method: str = "diamond", token_groups: int = 4,
-                               enabled: bool = True) -> "SimWnWVisionTransformer":
-        """Choose the pruning of :meth:`forward_pair` (see :func:`simwnw_hf.tokens.build_pair_pruner`).
+    def configure_pair_pruning(self, settings: Optional[TokenPruningSettings] = None, *, enabled: bool = True,
+                               **legacy) -> "SimWnWVisionTransformer":
+        """Choose the pruning of :meth:`plan_pair` / :meth:`forward_pair` from ``settings``
+        (:class:`~simwnw_hf.pruning.TokenPruningSettings`; see there for the methods and their fields).
 
-        method: ``"simwnw"`` (PSNR-similar patch pairs dropped before ``blocks[0]``; uses
-        ``psnr_threshold``, ``search_window``, ``search_method``, and ``token_groups`` equal-length
-        chunks per view for the variable lengths), ``"simprune"`` or ``"evit"`` (at the
-        input of ``blocks[l]`` for ``l`` in ``prune_layers``, 0-based, keeping ``keep_rate`` of the
-        tokens each time; SimPrune's schedule uses ``difficulty_span``).
+        :attr:`pair_settings` keeps them resolved for this model's patch size (SimWnW's search window).
+        The keyword form (``configure_pair_pruning(method="evit", ...)``) is deprecated and builds the
+        settings from the keywords. SimWnW CNN settings give a one-line ValueError.
         """
+        settings = accepted_settings(settings, legacy, TokenPruningSettings, model_name(self))
         vit_flops(self)  # the FLOPs report needs a standard block layout; fail now, not mid-training
-        self.pair_pruner = build_pair_pruner(method, depth=len(self.blocks), psnr_threshold=psnr_threshold,
-                                             search_window=search_window, prune_layers=prune_layers,
-                                             keep_rate=keep_rate, difficulty_span=difficulty_span,
-                                             search_method=search_method, token_groups=token_groups)
+        self.pair_settings = settings.resolve(self.patch_embed.patch_size[0])
+        self.pair_pruner = build_pair_pruner(self.pair_settings, depth=len(self.blocks))
         self.pair_pruning_enabled = bool(enabled)
         return self
 
@@ -80,41 +78,61 @@ class SimWnWVisionTransformer(VisionTransformer):
             return checkpoint(block, x)
         return block(x)
 
-    def forward_pair(self, x1: torch.Tensor, x2: torch.Tensor, g1: Optional[Geometry] = None,
-                     g2: Optional[Geometry] = None) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
-        """Pooled pre-logits features of both views and the stats of the pruning (contract: ``ssl/pair.py``).
-
-        Stats (FLOPs for both views, forward + backward when gradients are on; :mod:`simwnw_hf.tokens.flops`):
-        ``dense_flops`` (unpruned encoder), ``kept_flops`` (encoder at the sequence lengths actually run),
-        ``overhead_flops`` (selection work: PSNR matching, similarity or class-attention rows, fusion),
-        ``kept_token_ratio`` (tokens x blocks run / dense tokens x blocks, times ``pairs``), ``pairs``
-        (= B), and for SimWnW ``removal_ratio`` (similar-pixel fraction of the matcher, times ``pairs``).
-        With pruning disabled both views run dense (still in lockstep) and ``kept_flops == dense_flops``.
-        """
+    @staticmethod
+    def _check_views(x1: torch.Tensor, x2: torch.Tensor) -> None:
         for name, x in (("x1", x1), ("x2", x2)):
             if not torch.is_tensor(x) or x.dim() != 4:
                 raise ValueError(f"{name} must be a (B, C, H, W) image tensor")
         if x1.shape[0] != x2.shape[0]:
             raise ValueError(f"the two views must hold the same images, got batches {x1.shape[0]} and {x2.shape[0]}")
-        pruner = self.pair_pruner if self.pair_pruning_enabled else PairTokenPruner()
-        prefix, batch = self.num_prefix_tokens, x1.shape[0]
-        stats: Dict[str, float] = {"overhead_flops": 0.0}
 
-        def add(info: Dict[str, float]) -> None:
-            for key, value in info.items():
-                stats[key] = stats.get(key, 0.0) + float(value)
-
-        t1 = self._pos_embed(self.patch_embed(x1))                                  # (B, P + N, D)
-        t2 = self._pos_embed(self.patch_embed(x2))
-        views = [[TokenGroup(None, t1)], [TokenGroup(None, t2)]]
+    def plan_pair(self, x1: torch.Tensor, x2: torch.Tensor, g1: Optional[Geometry] = None,
+                  g2: Optional[Geometry] = None) -> PairPlan:
+        """What to remove from this pair: SimWnW's ``TokenMatch`` (patch matching, its FLOPs as the
+        plan's overhead), or an in-network plan (``match=None``) for SimPrune and EViT."""
+        self._check_views(x1, x2)
+        pruner = self.pair_pruner
+        decision, overhead = None, 0.0
         if pruner.needs_pixels:
             if g1 is None or g2 is None:
                 raise ValueError(f"{pruner.name} token pruning needs the crop/flip geometry of both views")
             patch = self.patch_embed.patch_size
             if patch[0] != patch[1]:
                 raise ValueError(f"{pruner.name} token pruning needs square patches, got {patch}")
-            groups1, groups2, info = pruner.before_blocks(t1, t2, self._pixels(x1), self._pixels(x2), g1, g2,
-                                                          patch[0], prefix)
+            decision, overhead = pruner.plan(self._pixels(x1), self._pixels(x2), g1, g2, patch[0])
+        return PairPlan(method=pruner.name, settings=self.pair_settings, match=decision,
+                        overhead_flops=float(overhead), pairs=int(x1.shape[0]))
+
+    def forward_pair(self, x1: torch.Tensor, x2: torch.Tensor, plan: Optional[PairPlan] = None
+                     ) -> Tuple[torch.Tensor, torch.Tensor, PairStats]:
+        """Pooled pre-logits features of both views and the stats of the pruning (contract: ``ssl/pair.py``).
+
+        ``plan``: from :meth:`plan_pair` (possibly of another encoder with the same settings, e.g. the
+        online encoder's for a momentum encoder). With ``plan=None`` or pruning disabled both views run
+        dense (still in lockstep) and ``pruned_flops == dense_flops``.
+        Stats (FLOPs for both views, forward + backward when gradients are on; :mod:`simwnw_hf.tokens.flops`):
+        ``dense_flops`` (unpruned encoder), ``pruned_flops`` (encoder at the sequence lengths actually run),
+        ``overhead_flops`` (in-network selection work: similarity or class-attention rows, fusion; the
+        plan's matching is not included), ``kept_token_fraction_sum`` (tokens x blocks run / dense tokens
+        x blocks, summed over pairs), ``pairs`` (= B), and for SimWnW ``removed_fraction_sum``.
+        """
+        self._check_views(x1, x2)
+        pruning = plan is not None and self.pair_pruning_enabled
+        pruner = self.pair_pruner if pruning else PairTokenPruner()
+        if pruning and plan.method != pruner.name:
+            raise ValueError(f"a {plan.method} plan cannot drive this encoder's {pruner.name} pruning")
+        prefix, batch = self.num_prefix_tokens, x1.shape[0]
+        info_sum: Dict[str, float] = {}
+
+        def add(info: Dict[str, float]) -> None:
+            for key, value in info.items():
+                info_sum[key] = info_sum.get(key, 0.0) + float(value)
+
+        t1 = self._pos_embed(self.patch_embed(x1))                                  # (B, P + N, D)
+        t2 = self._pos_embed(self.patch_embed(x2))
+        views = [[TokenGroup(None, t1)], [TokenGroup(None, t2)]]
+        if pruner.needs_pixels:
+            groups1, groups2, info = pruner.before_blocks(t1, t2, plan.match, prefix)
             views = [groups1, groups2]
             add(info)
         views = [[g._replace(tokens=self.norm_pre(self.patch_drop(g.tokens))) for g in v] for v in views]
@@ -142,11 +160,11 @@ class SimWnWVisionTransformer(VisionTransformer):
                 size = group.tokens.shape[0]
                 kept += flops.blocks(size, seqs, grad)
                 token_blocks += size * sum(seqs)
-        stats.update(
-            dense_flops=2 * flops.dense(batch, grad),
-            kept_flops=kept,
-            kept_token_ratio=token_blocks / (2.0 * len(self.blocks) * (flops.num_patches + prefix)),
-            pairs=float(batch),
+        stats = PairStats(
+            pairs=float(batch), dense_flops=2 * flops.dense(batch, grad), pruned_flops=kept,
+            overhead_flops=info_sum.get("overhead_flops", 0.0),
+            removed_fraction_sum=info_sum.get("removal_ratio", 0.0),
+            kept_token_fraction_sum=token_blocks / (2.0 * len(self.blocks) * (flops.num_patches + prefix)),
         )
         return f1, f2, stats
 

@@ -95,15 +95,12 @@ def draw_pair(x1: torch.Tensor, x2: torch.Tensor, match: BlockMatch, index: int 
 
 
 def _stage_masks(model_name: Optional[str], v1, v2, g1, g2, settings: dict) -> Optional[List[dict]]:
-    """Per-stage masks from the waxing-and-waning code, or None (with a note) when it is unavailable."""
+    """Per-stage masks from the waxing-and-waning code; None when no model was named."""
     if model_name is None:
         return None
-    try:
-        from simwnw_hf.simwnw.masks import stage_masks
-    except ImportError as exc:
-        print(f"note: per-stage masks skipped ({exc}); waxing-and-waning is not available")
-        return None
     import timm
+
+    from simwnw_hf.simwnw.masks import stage_masks
 
     import simwnw_hf  # noqa: F401  (registers simwnw_* models)
 

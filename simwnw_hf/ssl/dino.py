@@ -11,8 +11,9 @@ Layout: pure tensor functions (:func:`teacher_temperature`, :func:`dino_cross_en
 :func:`batch_center`), thin modules (:class:`DINOHead`, :class:`DINOLoss`) and the framework
 :class:`DINO` with the contract of docs/DESIGN.md: ``framework(batch, prune=True) -> (loss, stats)``
 and ``momentum_update(progress)`` after each optimizer step. The two global views go through
-:func:`~simwnw_hf.ssl.pair.encode_pair` for student *and* teacher, so a pair-pruning encoder
-(SimWnW token removal, SimPrune, EViT) prunes both; local crops take the plain single-image path.
+:mod:`simwnw_hf.ssl.pair` for student *and* teacher with one plan made by the student, so a
+pair-pruning encoder (SimWnW token removal, SimPrune, EViT) prunes both and matches once; local crops
+take the plain single-image path.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
+from .base import SSLFramework
 from .distributed import world_size
 from .momentum import cosine_schedule, make_momentum_copy, update_momentum
-from .pair import encode_pair, merge_stats, supports_pair_pruning
+from .pair import encode_pair, encode_view, plan_pair, plan_stats, supports_pair_pruning
 
 __all__ = ["DINOHead", "DINOLoss", "DINO", "dino_cross_entropy", "batch_center", "teacher_temperature"]
 
@@ -171,7 +173,7 @@ class DINOLoss(nn.Module):
         self.center.mul_(m).add_(batch_center(teacher), alpha=1.0 - m)
 
 
-class DINO(nn.Module):
+class DINO(SSLFramework):
     """DINO framework: student ``backbone`` + ``head``, EMA teacher ``teacher_backbone`` + ``teacher_head``.
 
     Args:
@@ -188,6 +190,8 @@ class DINO(nn.Module):
         teacher_backbone: optional separately built teacher (e.g. without drop-path, as in the paper);
             it gets the student's weights. By default the teacher is a frozen deep copy of ``backbone``.
     """
+
+    name, sgd_lr, sgd_weight_decay, multi_crop = "dino", 0.03, 1e-4, True
 
     def __init__(self, backbone: nn.Module, num_features: int, out_dim: int = 65536, hidden_dim: int = 2048,
                  bottleneck_dim: int = 256, nlayers: int = 3, use_bn_in_head: bool = False,
@@ -226,16 +230,17 @@ class DINO(nn.Module):
             raise ValueError("student and teacher disagree on pair pruning: configure the backbone's pruning "
                              "before building DINO (the teacher is a copy), or configure both")
         x1, x2, g1, g2 = views[0], views[1], geometry[0], geometry[1]
-        f1, f2, stats = encode_pair(self.backbone, x1, x2, g1, g2, prune)
+        plan = plan_pair(self.backbone, x1, x2, g1, g2, prune)
+        f1, f2, stats = encode_pair(self.backbone, x1, x2, plan)
         features = [f1, f2] + self._encode_local(views[2:])
         progress = float(self.progress)
         frozen = progress < self.freeze_last_layer_progress
         student = self.head(torch.cat(features), freeze_last_layer=frozen).chunk(len(features))  # V x (B, K)
         with torch.no_grad():
-            t1, t2, teacher_stats = encode_pair(self.teacher_backbone, x1, x2, g1, g2, prune)
+            t1, t2, teacher_stats = encode_pair(self.teacher_backbone, x1, x2, plan)
             teacher = self.teacher_head(torch.cat([t1, t2])).chunk(2)  # 2 x (B, K)
         loss = self.criterion(student, teacher, progress)
-        return loss, merge_stats(stats, teacher_stats)
+        return loss, plan_stats(plan) + stats + teacher_stats
 
     def _encode_local(self, local_views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Student features of the local crops; consecutive crops of one size share a forward pass."""
@@ -246,15 +251,22 @@ class DINO(nn.Module):
             while end < len(local_views) and local_views[end].shape == local_views[start].shape:
                 end += 1
             group = torch.cat(list(local_views[start:end]))  # ((end - start) * B, C, h, w)
-            features.extend(self.backbone(group).chunk(end - start))
+            features.extend(encode_view(self.backbone, group).chunk(end - start))
             start = end
         return features
 
+    def encoders(self):
+        return [self.backbone, self.teacher_backbone]
+
+    @classmethod
+    def config_kwargs(cls, cfg) -> dict:
+        return {"out_dim": cfg.dino_out_dim}
+
     @torch.no_grad()
     def set_progress(self, progress: float) -> None:
-        """Fraction of training done; drives the teacher temperature warm-up and the last-layer freeze."""
-        if not 0.0 <= float(progress) <= 1.0:
-            raise ValueError(f"progress must be in [0, 1], got {progress}")
+        """Fraction of training done; drives the teacher temperature warm-up, the last-layer freeze and
+        the encoders' pruning schedules."""
+        super().set_progress(progress)
         self.progress.fill_(float(progress))
 
     @torch.no_grad()

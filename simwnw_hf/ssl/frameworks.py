@@ -1,35 +1,31 @@
 """SSL frameworks composed from a timm backbone, heads and a loss (lightly style: one small module each).
 
-Contract (docs/DESIGN.md): ``framework(batch, prune=True) -> (loss, stats)``; ``batch["views"][:2]``
-are the two views and ``batch["geometry"][:2]`` their crop/flip records. The backbone is any timm
-model created with ``num_classes=0``; a pruning-aware backbone receives both views at once through
-:func:`~simwnw_hf.ssl.pair.encode_pair`. Frameworks with a momentum encoder expose
-``momentum_update(progress)``, called by the trainer after each optimizer step.
+Contract: :mod:`simwnw_hf.ssl.base` (``framework(batch, prune=True) -> (loss, PairStats)``). Both views
+go through :mod:`simwnw_hf.ssl.pair`: the plan of what to prune is made once per step by the online
+backbone and the momentum encoder (BYOL, MoCo, DINO) runs the same plan, so matching is done and
+counted once. :data:`FRAMEWORKS` is the one registry of frameworks (DINO included); its keys are the
+``--framework`` names.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
 from . import heads
+from .base import SSLFramework, two_views
+from .dino import DINO
 from .distributed import gather_no_grad
 from .losses import InfoNCEWithQueue, NegativeCosineSimilarity, NTXentLoss, VICRegLoss
 from .momentum import cosine_schedule, make_momentum_copy, update_momentum
-from .pair import encode_pair, merge_stats
+from .pair import encode_pair, plan_pair, plan_stats
 
 
-def _pair(batch):
-    views, geometry = batch["views"], batch.get("geometry") or [None, None]
-    if len(views) < 2:
-        raise ValueError(f"SSL needs two views per image, the batch has {len(views)}")
-    return views[0], views[1], geometry[0], geometry[1]
-
-
-class SimCLR(nn.Module):
+class SimCLR(SSLFramework):
     """SimCLR (Chen et al. 2020, arXiv:2002.05709): NT-Xent between projections of two views."""
 
-    def __init__(self, backbone: nn.Module, num_features: int, hidden_dim: int = 2048, out_dim: int = 128,
+    name, sgd_lr, sgd_weight_decay = "simclr", 0.3, 1e-6
+
+    def __init__(self, backbone, num_features: int, hidden_dim: int = 2048, out_dim: int = 128,
                  temperature: float = 0.5):
         super().__init__()
         self.backbone = backbone
@@ -37,15 +33,18 @@ class SimCLR(nn.Module):
         self.criterion = NTXentLoss(temperature)
 
     def forward(self, batch, prune: bool = True):
-        x1, x2, g1, g2 = _pair(batch)
-        f1, f2, stats = encode_pair(self.backbone, x1, x2, g1, g2, prune)
-        return self.criterion(self.projection_head(f1), self.projection_head(f2)), stats
+        x1, x2, g1, g2 = two_views(batch)
+        plan = plan_pair(self.backbone, x1, x2, g1, g2, prune)
+        f1, f2, stats = encode_pair(self.backbone, x1, x2, plan)
+        return self.criterion(self.projection_head(f1), self.projection_head(f2)), plan_stats(plan) + stats
 
 
-class SimSiam(nn.Module):
+class SimSiam(SSLFramework):
     """SimSiam (Chen & He 2021, arXiv:2011.10566): predictor + stop-gradient, symmetric loss."""
 
-    def __init__(self, backbone: nn.Module, num_features: int, hidden_dim: int = 2048, out_dim: int = 2048,
+    name, sgd_lr, sgd_weight_decay = "simsiam", 0.05, 5e-4
+
+    def __init__(self, backbone, num_features: int, hidden_dim: int = 2048, out_dim: int = 2048,
                  pred_hidden_dim: int = 512):
         super().__init__()
         self.backbone = backbone
@@ -54,18 +53,21 @@ class SimSiam(nn.Module):
         self.criterion = NegativeCosineSimilarity()
 
     def forward(self, batch, prune: bool = True):
-        x1, x2, g1, g2 = _pair(batch)
-        f1, f2, stats = encode_pair(self.backbone, x1, x2, g1, g2, prune)
+        x1, x2, g1, g2 = two_views(batch)
+        plan = plan_pair(self.backbone, x1, x2, g1, g2, prune)
+        f1, f2, stats = encode_pair(self.backbone, x1, x2, plan)
         z1, z2 = self.projection_head(f1), self.projection_head(f2)
         p1, p2 = self.prediction_head(z1), self.prediction_head(z2)
         loss = 0.5 * (self.criterion(p1, z2.detach()) + self.criterion(p2, z1.detach()))
-        return loss, stats
+        return loss, plan_stats(plan) + stats
 
 
-class BYOL(nn.Module):
+class BYOL(SSLFramework):
     """BYOL (Grill et al. 2020, arXiv:2006.07733): online predictor regresses an EMA target."""
 
-    def __init__(self, backbone: nn.Module, num_features: int, hidden_dim: int = 4096, out_dim: int = 256,
+    name, sgd_lr, sgd_weight_decay = "byol", 0.2, 1.5e-6
+
+    def __init__(self, backbone, num_features: int, hidden_dim: int = 4096, out_dim: int = 256,
                  momentum: float = 0.99):
         super().__init__()
         self.backbone = backbone
@@ -76,16 +78,20 @@ class BYOL(nn.Module):
         self.base_momentum = momentum
         self.criterion = NegativeCosineSimilarity()
 
+    def encoders(self):
+        return [self.backbone, self.backbone_momentum]
+
     def forward(self, batch, prune: bool = True):
-        x1, x2, g1, g2 = _pair(batch)
-        f1, f2, stats = encode_pair(self.backbone, x1, x2, g1, g2, prune)
+        x1, x2, g1, g2 = two_views(batch)
+        plan = plan_pair(self.backbone, x1, x2, g1, g2, prune)
+        f1, f2, stats = encode_pair(self.backbone, x1, x2, plan)
         p1, p2 = self.prediction_head(self.projection_head(f1)), self.prediction_head(self.projection_head(f2))
         with torch.no_grad():
-            t1, t2, target_stats = encode_pair(self.backbone_momentum, x1, x2, g1, g2, prune)
+            t1, t2, target_stats = encode_pair(self.backbone_momentum, x1, x2, plan)
             z1, z2 = self.projection_head_momentum(t1), self.projection_head_momentum(t2)
         # 2 - 2 cos(p, z') per view (BYOL eq. 2), symmetrised
         loss = 2 + (self.criterion(p1, z2) + self.criterion(p2, z1))
-        return loss, merge_stats(stats, target_stats)
+        return loss, plan_stats(plan) + stats + target_stats
 
     def momentum_update(self, progress: float) -> None:
         m = cosine_schedule(progress, self.base_momentum, 1.0)
@@ -93,13 +99,16 @@ class BYOL(nn.Module):
         update_momentum(self.projection_head, self.projection_head_momentum, m)
 
 
-class MoCo(nn.Module):
+class MoCo(SSLFramework):
     """MoCo v2 (Chen et al. 2020, arXiv:2003.04297): queries vs momentum keys and a queue of negatives.
 
-    Symmetrised (each view is query once); keys are gathered over processes before they are queued.
+    Symmetrised (each view is query once); keys are gathered over processes before they are queued,
+    in training mode only.
     """
 
-    def __init__(self, backbone: nn.Module, num_features: int, hidden_dim: int = 2048, out_dim: int = 128,
+    name, sgd_lr, sgd_weight_decay = "moco", 0.06, 5e-4
+
+    def __init__(self, backbone, num_features: int, hidden_dim: int = 2048, out_dim: int = 128,
                  queue_size: int = 4096, temperature: float = 0.2, momentum: float = 0.99):
         super().__init__()
         self.backbone = backbone
@@ -109,36 +118,44 @@ class MoCo(nn.Module):
         self.momentum = momentum
         self.criterion = InfoNCEWithQueue(out_dim, queue_size, temperature)
 
+    def encoders(self):
+        return [self.backbone, self.backbone_momentum]
+
     def forward(self, batch, prune: bool = True):
-        x1, x2, g1, g2 = _pair(batch)
-        f1, f2, stats = encode_pair(self.backbone, x1, x2, g1, g2, prune)
+        x1, x2, g1, g2 = two_views(batch)
+        plan = plan_pair(self.backbone, x1, x2, g1, g2, prune)
+        f1, f2, stats = encode_pair(self.backbone, x1, x2, plan)
         q1, q2 = self.projection_head(f1), self.projection_head(f2)
         with torch.no_grad():
-            t1, t2, key_stats = encode_pair(self.backbone_momentum, x1, x2, g1, g2, prune)
+            t1, t2, key_stats = encode_pair(self.backbone_momentum, x1, x2, plan)
             k1, k2 = self.projection_head_momentum(t1), self.projection_head_momentum(t2)
         loss = 0.5 * (self.criterion(q1, k2) + self.criterion(q2, k1))
         if self.training:
             self.criterion.enqueue(gather_no_grad(torch.cat([k1, k2])))
-        return loss, merge_stats(stats, key_stats)
+        return loss, plan_stats(plan) + stats + key_stats
 
     def momentum_update(self, progress: float) -> None:
         update_momentum(self.backbone, self.backbone_momentum, self.momentum)
         update_momentum(self.projection_head, self.projection_head_momentum, self.momentum)
 
 
-class VICReg(nn.Module):
+class VICReg(SSLFramework):
     """VICReg (Bardes et al. 2022, arXiv:2105.04906): variance-invariance-covariance on expanded features."""
 
-    def __init__(self, backbone: nn.Module, num_features: int, hidden_dim: int = 2048, out_dim: int = 2048):
+    name, sgd_lr, sgd_weight_decay = "vicreg", 0.3, 1e-4
+
+    def __init__(self, backbone, num_features: int, hidden_dim: int = 2048, out_dim: int = 2048):
         super().__init__()
         self.backbone = backbone
         self.projection_head = heads.vicreg_projection(num_features, hidden_dim, out_dim)
         self.criterion = VICRegLoss()
 
     def forward(self, batch, prune: bool = True):
-        x1, x2, g1, g2 = _pair(batch)
-        f1, f2, stats = encode_pair(self.backbone, x1, x2, g1, g2, prune)
-        return self.criterion(self.projection_head(f1), self.projection_head(f2)), stats
+        x1, x2, g1, g2 = two_views(batch)
+        plan = plan_pair(self.backbone, x1, x2, g1, g2, prune)
+        f1, f2, stats = encode_pair(self.backbone, x1, x2, plan)
+        return self.criterion(self.projection_head(f1), self.projection_head(f2)), plan_stats(plan) + stats
 
 
-FRAMEWORKS = {"simclr": SimCLR, "simsiam": SimSiam, "byol": BYOL, "moco": MoCo, "vicreg": VICReg}
+FRAMEWORKS = {cls.name: cls for cls in (SimCLR, SimSiam, BYOL, MoCo, VICReg, DINO)}
+FRAMEWORK_NAMES = tuple(FRAMEWORKS)

@@ -1,33 +1,41 @@
-"""Encode the two views of a batch, letting a pruning-aware encoder see both at once.
+"""Encode the two views of a batch: a plan once per step, then a forward per encoder.
 
-Every SSL framework sends its views through :func:`encode_pair`. A plain timm backbone encodes each
-view on its own (separate calls, so BatchNorm statistics stay per view as in the SimSiam/BYOL
-reference code). An encoder that implements ``forward_pair`` (SimWnW ResNets, token-pruning ViTs)
-receives both views and their crop/flip geometry together, because similarity between the views is
-what it prunes on, and returns what it saved in a stats dict.
+Every SSL framework sends its two (global) views through this module, and only through it:
 
-Contract of ``forward_pair(x1, x2, g1, g2) -> (f1, f2, stats)``:
-  * ``x1``/``x2``: normalised views (B, C, H, W), normalised with the encoder's ``pretrained_cfg``
-    mean/std (the trainer guarantees it), so the encoder can recover [0, 1] pixels for PSNR;
-  * ``f1``/``f2``: pooled pre-logits features (B, num_features), as ``encoder(x)`` with ``num_classes=0``;
-  * ``stats``: floats for this call, summed by the caller over calls of a step:
-    ``dense_flops`` / ``kept_flops`` (backbone FLOPs for both views without / with pruning, forward plus
-    backward when grad is enabled), ``overhead_flops`` (matching/PSNR work), and the method's own
-    ratios (``removal_ratio`` or ``kept_token_ratio``) weighted by ``pairs`` (number of image pairs).
+    plan = plan_pair(backbone, x1, x2, g1, g2, prune)          # once per step
+    f1, f2, stats = encode_pair(backbone, x1, x2, plan)         # online encoder
+    t1, t2, t_stats = encode_pair(momentum_backbone, x1, x2, plan)  # momentum encoder, same plan
+    step_stats = plan_stats(plan) + stats + t_stats             # matching overhead counted once
+
+A plain timm backbone (or a pruning-aware one with pruning off, or ``prune=False``) gets ``plan=None``
+and encodes each view on its own (separate calls, so BatchNorm statistics stay per view as in the
+SimSiam/BYOL reference code). A pruning-aware encoder implements the contract of docs/DESIGN.md
+("Pair pruning contract"):
+
+  * ``configure_pair_pruning(settings)`` takes a :mod:`simwnw_hf.pruning.settings` object and sets
+    ``pair_pruning_enabled``; ``pair_settings`` holds the resolved settings;
+  * ``plan_pair(x1, x2, g1, g2) -> PairPlan``: what to remove (matching runs here, without gradient);
+  * ``forward_pair(x1, x2, plan) -> (f1, f2, PairStats)``: pooled pre-logits features of both views,
+    and the FLOPs it ran; ``plan=None`` runs both views dense through the same path;
+  * ``set_progress(p)`` when a method follows training progress (SimPrune's window).
+
+``x1``/``x2`` are normalised with the encoder's ``pretrained_cfg`` mean/std (the trainer guarantees it),
+so the encoder can recover [0, 1] pixels for PSNR. Features are ``forward_head(forward_features(x),
+pre_logits=True)`` on both the dense and the pair path, whatever ``num_classes`` the backbone has.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from simwnw_hf.data.geometry import Geometry
+from simwnw_hf.pruning.stats import PairPlan, PairStats
 
-PairStats = Dict[str, float]
-
-RATIO_KEYS = ("removal_ratio", "kept_token_ratio")
+__all__ = ["PairPlan", "PairStats", "supports_pair_pruning", "plan_pair", "plan_stats", "encode_pair",
+           "encode_view"]
 
 
 def supports_pair_pruning(encoder: nn.Module) -> bool:
@@ -35,30 +43,31 @@ def supports_pair_pruning(encoder: nn.Module) -> bool:
     return callable(getattr(encoder, "forward_pair", None)) and bool(getattr(encoder, "pair_pruning_enabled", False))
 
 
+def plan_pair(encoder: nn.Module, x1: torch.Tensor, x2: torch.Tensor, g1: Geometry | None = None,
+              g2: Geometry | None = None, prune: bool = True) -> Optional[PairPlan]:
+    """The encoder's plan for this pair, or None (dense) when not asked to prune or it cannot."""
+    if not (prune and supports_pair_pruning(encoder)):
+        return None
+    return encoder.plan_pair(x1, x2, g1, g2)
+
+
+def plan_stats(plan: Optional[PairPlan]) -> PairStats:
+    """The cost of making ``plan`` (add it once per step); empty for a dense step."""
+    return plan.stats if plan is not None else PairStats()
+
+
+def encode_view(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pooled pre-logits features of one view (timm: ``forward_head(forward_features(x), pre_logits=True)``)."""
+    if callable(getattr(encoder, "forward_head", None)) and callable(getattr(encoder, "forward_features", None)):
+        return encoder.forward_head(encoder.forward_features(x), pre_logits=True)
+    return encoder(x)
+
+
 def encode_pair(encoder: nn.Module, x1: torch.Tensor, x2: torch.Tensor,
-                g1: Geometry | None = None, g2: Geometry | None = None,
-                prune: bool = True) -> Tuple[torch.Tensor, torch.Tensor, PairStats]:
-    """Features of both views; pruning happens only when asked for and the encoder supports it."""
-    if prune and supports_pair_pruning(encoder):
-        if g1 is None or g2 is None:
-            raise ValueError("pair pruning needs the crop/flip geometry of both views; "
-                             "build the dataset with TwoViewTransform (it records it)")
-        return encoder.forward_pair(x1, x2, g1, g2)
-    return encoder(x1), encoder(x2), {}
-
-
-def merge_stats(total: PairStats, new: PairStats) -> PairStats:
-    """Sum stats of several encoder calls (ratios arrive pre-weighted by ``pairs``)."""
-    for key, value in new.items():
-        total[key] = total.get(key, 0.0) + float(value)
-    return total
-
-
-def finalize_stats(total: PairStats) -> PairStats:
-    """Turn pair-weighted ratio sums into means."""
-    out = dict(total)
-    pairs = out.pop("pairs", 0.0)
-    for key in RATIO_KEYS:
-        if key in out:
-            out[key] = out[key] / pairs if pairs else 0.0
-    return out
+                plan: Optional[PairPlan] = None) -> Tuple[torch.Tensor, torch.Tensor, PairStats]:
+    """Features of both views: ``forward_pair`` with the plan, or two dense calls when ``plan`` is None."""
+    if plan is not None:
+        if not callable(getattr(encoder, "forward_pair", None)):
+            raise ValueError(f"{type(encoder).__name__} cannot run a pair plan (it has no forward_pair)")
+        return encoder.forward_pair(x1, x2, plan)
+    return encode_view(encoder, x1), encode_view(encoder, x2), PairStats()

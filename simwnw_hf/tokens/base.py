@@ -1,4 +1,9 @@
-"""The two hooks a pair token pruner offers the ViT's pair path, as no-ops.
+"""The three hooks a pair token pruner offers the ViT's pair path, as no-ops.
+
+``plan`` decides before the network what to remove (SimWnW token removal matches patches there; it
+runs once per step and its result is shared by online and momentum encoders), ``before_blocks``
+applies that decision to the embedded tokens, and ``at_block`` prunes inside the network (SimPrune,
+EViT decide from the activations of the encoder that runs, so they have no plan).
 
 A pruner is a small frozen settings object, not an ``nn.Module``: it has no weights and no state; the
 training progress and the tokens travel in the arguments and the return values (ToMe-style: a
@@ -7,7 +12,7 @@ pruner that prunes nothing returns its inputs, so the pair path never branches).
 
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -34,11 +39,15 @@ class PairTokenPruner:
     """Base pruner: prunes nothing."""
 
     name = "none"
-    needs_pixels = False            # before_blocks wants [0, 1] pixels of both views
+    needs_pixels = False            # plan wants [0, 1] pixels and the geometry of both views
     prune_layers: Tuple[int, ...] = ()
 
-    def before_blocks(self, t1: torch.Tensor, t2: torch.Tensor, pixels1: Optional[torch.Tensor],
-                      pixels2: Optional[torch.Tensor], g1: Geometry, g2: Geometry, patch: int,
+    def plan(self, pixels1: torch.Tensor, pixels2: torch.Tensor, g1: Geometry, g2: Geometry,
+             patch: int) -> Tuple[Optional[Any], float]:
+        """``(decision, overhead FLOPs)`` made before the network from the pixels; ``(None, 0)``: none."""
+        return None, 0.0
+
+    def before_blocks(self, t1: torch.Tensor, t2: torch.Tensor, decision: Optional[Any],
                       num_prefix_tokens: int) -> GroupResult:
         """Prune the embedded (pos-embedded) tokens (B, P + N, D) of both views before ``blocks[0]``.
 

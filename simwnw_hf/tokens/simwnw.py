@@ -124,17 +124,22 @@ class SimWnWTokenDrop(PairTokenPruner):
     name = "simwnw"
     needs_pixels = True
 
-    def before_blocks(self, t1, t2, pixels1, pixels2, g1, g2, patch, num_prefix_tokens) -> GroupResult:
+    def plan(self, pixels1, pixels2, g1, g2, patch) -> Tuple[TokenMatch, float]:
         with torch.no_grad():
             sel = match_tokens(pixels1, pixels2, g1, g2, patch, self.psnr_threshold, self.search_window,
                                self.search_method, self.min_keep)
+        return sel, float(sel.match.overhead_flops)
+
+    def before_blocks(self, t1, t2, decision: TokenMatch, num_prefix_tokens) -> GroupResult:
+        if not isinstance(decision, TokenMatch):
+            raise ValueError("SimWnW token removal needs the TokenMatch of plan_pair; got "
+                             f"{type(decision).__name__}")
         views = []
-        for t, score, similar in ((t1, sel.score1, sel.similar1), (t2, sel.score2, sel.similar2)):
+        for t, score, similar in ((t1, decision.score1, decision.similar1), (t2, decision.score2, decision.similar2)):
             chunks = []
             for index in split_by_need(similar, self.groups):
                 keep = keep_least_similar(score[index], similar[index], self.min_keep)          # (b, k)
                 chunks.append(TokenGroup(index, keep_tokens(t[index], keep, num_prefix_tokens)))
             views.append(chunks)
-        stats = {"overhead_flops": float(sel.match.overhead_flops),
-                 "removal_ratio": float(sel.match.removal_ratio) * t1.shape[0]}
+        stats = {"removal_ratio": float(decision.match.removal_ratio) * t1.shape[0]}
         return views[0], views[1], stats

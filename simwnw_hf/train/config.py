@@ -6,8 +6,10 @@ import argparse
 import dataclasses
 import json
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Tuple
+
+from simwnw_hf.pruning.settings import TOKEN_PRUNING_METHODS, PruningSettings, SimWnWSettings, TokenPruningSettings
 
 
 @dataclass
@@ -59,7 +61,7 @@ class TrainConfig:
     dino_out_dim: int = 4096
 
     def __post_init__(self):
-        from simwnw_hf.ssl import FRAMEWORK_NAMES
+        from simwnw_hf.ssl.frameworks import FRAMEWORK_NAMES
 
         if self.framework not in FRAMEWORK_NAMES:
             raise ValueError(f"unknown framework '{self.framework}'; choose one of {sorted(FRAMEWORK_NAMES)}")
@@ -70,14 +72,16 @@ class TrainConfig:
             raise ValueError(f"--max-steps must be positive, got {self.max_steps}")
         if self.mixed_precision not in (None, "no", "bf16", "fp16"):
             raise ValueError(f"--mixed-precision must be no, bf16 or fp16, got '{self.mixed_precision}'")
-        if self.token_pruning not in (None, "simwnw", "simprune", "evit"):
-            raise ValueError(f"--token-pruning must be simwnw, simprune or evit, got '{self.token_pruning}'")
+        if self.token_pruning not in (None,) + TOKEN_PRUNING_METHODS:
+            raise ValueError(f"--token-pruning must be one of {', '.join(TOKEN_PRUNING_METHODS)}, "
+                             f"got '{self.token_pruning}'")
         if self.simwnw and self.token_pruning:
             raise ValueError("--simwnw (CNN block removal) and --token-pruning (ViT) are exclusive")
         if not 0 < self.keep_rate <= 1:
             raise ValueError(f"--keep-rate must be in (0, 1], got {self.keep_rate}")
         for name in ("model_args", "framework_args"):
             _json_object(getattr(self, name), "--" + name.replace("_", "-"))
+        self.pruning  # validates the pruning settings now, before anything is built
 
     @property
     def model_kwargs(self) -> dict:
@@ -88,20 +92,35 @@ class TrainConfig:
         return _json_object(self.framework_args, "--framework-args")
 
     @property
-    def pruning(self) -> Optional[dict]:
-        """Settings handed to the backbone's ``configure_pair_pruning``; None when training dense."""
+    def pruning(self) -> Optional[PruningSettings]:
+        """The settings object handed to the backbone's ``configure_pair_pruning``; None when training dense.
+
+        SimWnW's block size and search window are resolved for ``image_size`` here (5 and 10 at 32px),
+        so the record stores the values used; a ViT resolves its token search window from its patch size.
+        """
         if self.simwnw:
-            return dict(block_size=self.block_size, psnr_threshold=self.psnr_threshold,
-                        search_window=self.search_window, max_rings=self.max_rings)
+            return SimWnWSettings(block_size=self.block_size, psnr_threshold=self.psnr_threshold,
+                                  search_window=self.search_window, max_rings=self.max_rings
+                                  ).resolve(self.image_size)
         if self.token_pruning:
-            return dict(method=self.token_pruning, psnr_threshold=self.psnr_threshold,
-                        search_window=self.search_window, keep_rate=self.keep_rate,
-                        prune_layers=tuple(self.prune_layers))
+            return TokenPruningSettings(method=self.token_pruning, psnr_threshold=self.psnr_threshold,
+                                        search_window=self.search_window, keep_rate=self.keep_rate,
+                                        prune_layers=tuple(self.prune_layers))
         return None
 
     @property
     def pruning_method(self) -> Optional[str]:
-        return "simwnw" if self.simwnw else self.token_pruning
+        settings = self.pruning
+        return settings.method if settings is not None else None
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """A config from ``run_config.json`` (fields it does not know are ignored: older/newer runs)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in values.items() if k in known}
+        if "prune_layers" in kwargs:
+            kwargs["prune_layers"] = tuple(kwargs["prune_layers"])
+        return cls(**kwargs)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

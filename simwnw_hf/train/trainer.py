@@ -1,13 +1,21 @@
-"""The one SSL training loop behind every ``training/*.py`` script (Accelerate, resumable, FLOPs-metered)."""
+"""The one SSL training loop behind every ``training/*.py`` script (Accelerate, resumable, FLOPs-metered).
+
+Read top to bottom: :func:`train` builds a :class:`Run` (:func:`build_run`: model, data, optimizer,
+resumed state), meters the dense step once (:func:`meter_dense_step`), then repeats
+:func:`train_step` -> :func:`account_step` -> :func:`maybe_log` -> :func:`maybe_save`, and ends with
+:func:`finish_run` (``summary.json``). Framework specifics live with the frameworks
+(:mod:`simwnw_hf.ssl.base`: recipe defaults, multi-crop, progress); the final evaluation is run by the
+entry point (:func:`simwnw_hf.train.run`), not here.
+"""
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import platform
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -19,20 +27,22 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import simwnw_hf  # noqa: F401  (registers simwnw_* timm models)
-from simwnw_hf.data.datasets import load_image_dataset
+from simwnw_hf.data.datasets import ImageDataset, load_image_dataset
 from simwnw_hf.data.loader import EpochShuffleSampler, SkipUnreadable, ViewDataset
 from simwnw_hf.data.views import MultiCropTransform, TwoViewTransform
-from simwnw_hf.ssl.pair import finalize_stats, merge_stats
+from simwnw_hf.pruning import PairStats, pruning_record, reported_ratios
+from simwnw_hf.ssl.base import ADAMW_LR, ADAMW_WEIGHT_DECAY
+from simwnw_hf.ssl.frameworks import FRAMEWORKS
 
 from .checkpoint import latest_checkpoint, list_checkpoints, load_trainer_state, save_checkpoint
 from .config import TrainConfig
 from .flops import dense_step_flops
+from .layout import METRICS_FILE, RUN_CONFIG_FILE, SUMMARY_FILE
+from .summary import COUNTER_KEYS, cost_summary
 
-logger = logging.getLogger(__name__)
 
-# (base lr per 256 images, weight decay) per framework, for SGD; AdamW uses 5e-4 / 0.04 (DINO ViT-S recipe)
-SGD_DEFAULTS = {"simclr": (0.3, 1e-6), "simsiam": (0.05, 5e-4), "byol": (0.2, 1.5e-6),
-                "moco": (0.06, 5e-4), "vicreg": (0.3, 1e-4), "dino": (0.03, 1e-4)}
+
+# ----------------------------------------------------------------------------------------------- build
 
 
 def is_vit(backbone: torch.nn.Module) -> bool:
@@ -40,33 +50,37 @@ def is_vit(backbone: torch.nn.Module) -> bool:
 
 
 def build_backbone(cfg: TrainConfig) -> torch.nn.Module:
-    """Headless timm backbone with pair pruning configured as the config asks."""
+    """Headless timm backbone with pair pruning configured as the config asks.
+
+    A pruning flag on a model that cannot run it fails here with one line, before any data is loaded.
+    """
     kwargs = cfg.model_kwargs
-    if cfg.framework == "dino" and cfg.n_local_crops and "vit" in cfg.model:
+    if FRAMEWORKS[cfg.framework].multi_crop and cfg.n_local_crops and "vit" in cfg.model:
         kwargs.setdefault("dynamic_img_size", True)  # local crops are smaller than the global views
     try:
         backbone = timm.create_model(cfg.model, num_classes=0, **kwargs)
     except RuntimeError as exc:
         raise ValueError(f"cannot create timm model '{cfg.model}': {exc}") from exc
-    if cfg.pruning is not None:
-        configure = getattr(backbone, "configure_pair_pruning", None)
-        if configure is None:
-            kind = "--simwnw" if cfg.simwnw else f"--token-pruning {cfg.token_pruning}"
-            raise ValueError(f"{kind} needs a pruning-aware backbone (simwnw_resnet* for --simwnw, "
-                             f"simwnw_vit_* for --token-pruning); '{cfg.model}' is not one")
-        configure(**cfg.pruning)
+    settings = cfg.pruning
+    if settings is not None:
+        if not callable(getattr(backbone, "configure_pair_pruning", None)):
+            raise ValueError(f"{settings.flag} needs a pruning-aware backbone ({settings.families}); "
+                             f"'{cfg.model}' is not one")
+        backbone.configure_pair_pruning(settings)
     return backbone
 
 
+def resolved_pruning(backbone: torch.nn.Module, cfg: TrainConfig) -> dict:
+    """The pruning record of the settings the backbone actually uses (resolved), or ``{"method": None}``."""
+    if cfg.pruning is None:
+        return pruning_record(None)
+    return pruning_record(getattr(backbone, "pair_settings", None) or cfg.pruning)
+
+
 def build_framework(cfg: TrainConfig, backbone: torch.nn.Module) -> torch.nn.Module:
-    from simwnw_hf.ssl.frameworks import FRAMEWORKS
-
-    if cfg.framework == "dino":
-        from simwnw_hf.ssl.dino import DINO
-
-        return DINO(backbone, backbone.num_features, **{"out_dim": cfg.dino_out_dim, **cfg.framework_kwargs})
+    cls = FRAMEWORKS[cfg.framework]
     try:
-        return FRAMEWORKS[cfg.framework](backbone, backbone.num_features, **cfg.framework_kwargs)
+        return cls(backbone, backbone.num_features, **{**cls.config_kwargs(cfg), **cfg.framework_kwargs})
     except TypeError as exc:
         raise ValueError(f"--framework-args do not fit {cfg.framework}: {exc}") from exc
 
@@ -74,23 +88,25 @@ def build_framework(cfg: TrainConfig, backbone: torch.nn.Module) -> torch.nn.Mod
 def build_transform(cfg: TrainConfig, backbone: torch.nn.Module):
     """Views normalised with the backbone's own mean/std (pair-pruning encoders rely on it)."""
     mean, std = backbone.pretrained_cfg.get("mean"), backbone.pretrained_cfg.get("std")
-    if cfg.framework == "dino":
+    if FRAMEWORKS[cfg.framework].multi_crop:
         return MultiCropTransform(cfg.image_size, cfg.local_crop_size, cfg.n_local_crops,
                                   global_scale=(max(cfg.crop_min_scale, 0.14), 1.0), mean=mean, std=std)
     return TwoViewTransform(cfg.image_size, scale=(cfg.crop_min_scale, 1.0), mean=mean, std=std)
 
 
 def build_optimizer(cfg: TrainConfig, framework: torch.nn.Module, backbone: torch.nn.Module, world: int):
+    """SGD (the framework's recipe lr/wd, lr scaled by global batch / 256) for CNNs, AdamW for ViTs."""
     name = cfg.optimizer or ("adamw" if is_vit(backbone) else "sgd")
     params = [p for p in framework.parameters() if p.requires_grad]
+    scale = cfg.batch_size * world / 256
     if name == "sgd":
-        base_lr, wd = SGD_DEFAULTS[cfg.framework]
-        lr = cfg.lr if cfg.lr is not None else base_lr * cfg.batch_size * world / 256
-        return torch.optim.SGD(params, lr=lr, momentum=0.9,
-                               weight_decay=cfg.weight_decay if cfg.weight_decay is not None else wd)
+        lr = cfg.lr if cfg.lr is not None else framework.sgd_lr * scale
+        wd = cfg.weight_decay if cfg.weight_decay is not None else framework.sgd_weight_decay
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
     if name == "adamw":
-        lr = cfg.lr if cfg.lr is not None else 5e-4 * cfg.batch_size * world / 256
-        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay if cfg.weight_decay is not None else 0.04)
+        lr = cfg.lr if cfg.lr is not None else ADAMW_LR * scale
+        wd = cfg.weight_decay if cfg.weight_decay is not None else ADAMW_WEIGHT_DECAY
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
     raise ValueError(f"--optimizer must be sgd or adamw, got '{name}'")
 
 
@@ -126,8 +142,7 @@ def environment_record() -> dict:
 class _Counters:
     """Cumulative, resumable run counters (this process's share; summed over processes when logged)."""
 
-    KEYS = ("train_flops", "dense_flops", "overhead_flops", "wall_time_s", "removal_ratio_sum",
-            "kept_token_ratio_sum", "pruned_steps", "skipped_images")
+    KEYS = COUNTER_KEYS
 
     def __init__(self, state: Optional[dict] = None):
         self.values = {k: float((state or {}).get(k, 0.0)) for k in self.KEYS}
@@ -141,6 +156,45 @@ class _Counters:
         self.values[key] += float(value)
 
 
+@dataclass
+class _Window:
+    """Running sums between two metrics.jsonl lines."""
+
+    loss: float = 0.0
+    steps: int = 0
+    images: int = 0
+    time: float = 0.0
+    dense_step_flops: float = 0.0      # the dense step's FLOPs, summed over the window's steps
+    actual_step_flops: float = 0.0     # the FLOPs the steps actually ran (pruned + overhead + heads)
+    stats: PairStats = field(default_factory=PairStats)
+
+
+@dataclass
+class Run:
+    """Everything a training run holds between steps."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    out: Path
+    model: torch.nn.Module            # the prepared (possibly DDP-wrapped) framework
+    unwrapped: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loader: DataLoader
+    images: ImageDataset
+    pruning: dict                     # resolved pruning record
+    total_steps: int
+    steps_per_epoch: int
+    step: int = 0
+    counters: _Counters = field(default_factory=_Counters)
+    dense_per_image: Optional[float] = None
+    window: _Window = field(default_factory=_Window)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / METRICS_FILE
+
+
 def _truncate_metrics(path: Path, last_step: int) -> None:
     """On resume, drop log lines written after the checkpoint we resume from."""
     if not path.exists():
@@ -149,167 +203,221 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Pre-train, checkpoint, and (optionally) report kNN top-1; returns the run summary."""
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
-    set_seed(cfg.seed)
-    out = Path(cfg.output_dir)
+def _check_output_dir(cfg: TrainConfig, out: Path) -> None:
     if list_checkpoints(out) and not cfg.resume:
         raise FileExistsError(f"{out} already holds checkpoints; pass --resume to continue that run "
                               f"or choose another --output-dir (nothing was overwritten)")
 
-    backbone = build_backbone(cfg)
+
+def _build_loader(cfg: TrainConfig, views: ViewDataset, num_processes: int) -> DataLoader:
+    global_batch = cfg.batch_size * num_processes
+    if len(views) < global_batch:
+        raise ValueError(f"dataset has {len(views)} images, fewer than one global batch "
+                         f"({cfg.batch_size} x {num_processes} processes)")
+    sampler = EpochShuffleSampler(len(views), seed=cfg.seed)
+    return DataLoader(views, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                      num_workers=cfg.num_workers, collate_fn=SkipUnreadable())
+
+
+def _total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    # as in transformers' Trainer, max_steps overrides epochs
+    return cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+
+
+def _resume(run: Run) -> None:
+    """Load the newest complete checkpoint's state into ``run`` when ``--resume`` asks for it."""
+    if not run.cfg.resume or (ckpt := latest_checkpoint(run.out)) is None:
+        return
+    run.accelerator.load_state(str(ckpt / "training_state"))
+    state = load_trainer_state(ckpt)
+    run.step = int(state["step"])
+    run.counters = _Counters(state.get("counters"))
+    run.dense_per_image = state.get("dense_flops_per_image")
+    run.accelerator.print(f"resumed from {ckpt} at step {run.step}")
+
+
+def _write_run_config(run: Run) -> None:
+    if run.accelerator.is_main_process:
+        run.out.mkdir(parents=True, exist_ok=True)
+        (run.out / RUN_CONFIG_FILE).write_text(json.dumps(run.cfg.to_dict(), indent=2))
+        _truncate_metrics(run.metrics_path, run.step)
+
+
+def build_run(cfg: TrainConfig) -> Run:
+    """Model, data, optimizer and schedule, prepared by Accelerate and resumed when asked."""
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    set_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    _check_output_dir(cfg, out)
+    backbone = build_backbone(cfg)   # flags that do not fit the model fail here, before data loading
     framework = build_framework(cfg, backbone)
     images = load_image_dataset(cfg.dataset, cfg.split, cfg.image_column, cfg.label_column, cfg.max_samples)
     views = ViewDataset(images, build_transform(cfg, backbone), seed=cfg.seed)
-    sampler = EpochShuffleSampler(len(views), seed=cfg.seed)
-    global_batch = cfg.batch_size * accelerator.num_processes
-    if len(views) < global_batch:
-        raise ValueError(f"dataset has {len(views)} images, fewer than one global batch "
-                         f"({cfg.batch_size} x {accelerator.num_processes} processes)")
-    loader = DataLoader(views, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.num_workers, collate_fn=SkipUnreadable())
+    loader = _build_loader(cfg, views, accelerator.num_processes)
     optimizer = build_optimizer(cfg, framework, backbone, accelerator.num_processes)
-    steps_per_epoch = len(loader) // accelerator.num_processes
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:  # as in transformers' Trainer, max_steps overrides epochs
-        total_steps = cfg.max_steps
+    total_steps = _total_steps(cfg, len(loader) // accelerator.num_processes)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, cfg.warmup_steps))
     model, optimizer, loader, scheduler = accelerator.prepare(framework, optimizer, loader, scheduler)
-    steps_per_epoch = len(loader)
+    run = Run(cfg=cfg, accelerator=accelerator, out=out, model=model, unwrapped=accelerator.unwrap_model(model),
+              optimizer=optimizer, scheduler=scheduler, loader=loader, images=images,
+              pruning=resolved_pruning(backbone, cfg), total_steps=total_steps, steps_per_epoch=len(loader))
+    _resume(run)
+    _write_run_config(run)
+    return run
 
-    step, state = 0, {}
-    if cfg.resume and (ckpt := latest_checkpoint(out)) is not None:
-        accelerator.load_state(str(ckpt / "training_state"))
-        state = load_trainer_state(ckpt)
-        step = int(state["step"])
-        accelerator.print(f"resumed from {ckpt} at step {step}")
-    counters = _Counters(state.get("counters"))
-    metrics_path = out / "metrics.jsonl"
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "run_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        _truncate_metrics(metrics_path, step)
 
-    unwrapped = accelerator.unwrap_model(model)
-    dense_per_image: Optional[float] = state.get("dense_flops_per_image")
-    bar = tqdm(total=total_steps, initial=step, disable=not accelerator.is_local_main_process, desc=cfg.framework)
-    window = _empty_window()
-    # schedules (SimPrune window, DINO teacher temperature) follow training progress
-    progress_modules = [m for m in unwrapped.modules() if callable(getattr(m, "set_progress", None))]
-    model.train()
-    while step < total_steps:
-        epoch = step // steps_per_epoch
-        epoch_loader = accelerator.skip_first_batches(loader, step % steps_per_epoch) if step % steps_per_epoch else loader
-        epoch_loader.set_epoch(epoch)
-        for batch in epoch_loader:
-            skipped = batch.pop("skipped")
-            if len(skipped):
-                counters.add("skipped_images", len(skipped))
-                first = int(skipped.min())
-                counters.values["first_skipped_index"] = min(counters.values.get("first_skipped_index", first), first)
+# ------------------------------------------------------------------------------------------------ step
+
+
+def meter_dense_step(run: Run, batch) -> None:
+    """Dense forward+backward FLOPs per image, metered once (views have fixed shapes), before the clock."""
+    if run.dense_per_image is None:
+        run.dense_per_image = dense_step_flops(run.unwrapped, batch) / batch["views"][0].shape[0]
+
+
+def _count_skipped(run: Run, skipped: torch.Tensor) -> None:
+    if len(skipped):
+        run.counters.add("skipped_images", len(skipped))
+        first = int(skipped.min())
+        run.counters.values["first_skipped_index"] = min(run.counters.values.get("first_skipped_index", first), first)
+
+
+def train_step(run: Run, batch):
+    """One optimizer step; returns ``(loss, PairStats)``. Progress reaches the framework explicitly."""
+    run.unwrapped.set_progress(run.step / run.total_steps)
+    loss, stats = run.model(batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at step {run.step}; lower --lr or check the data")
+    run.accelerator.backward(loss)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    if callable(getattr(run.unwrapped, "momentum_update", None)):
+        run.unwrapped.momentum_update((run.step + 1) / run.total_steps)
+    return loss, stats
+
+
+def account_step(run: Run, loss: torch.Tensor, stats: PairStats, n_images: int, elapsed: float) -> None:
+    """Add a finished step to the run counters and the logging window."""
+    dense = run.dense_per_image * n_images
+    # the metered dense step, with the pair forwards' dense share replaced by what they actually ran
+    actual = dense - stats.dense_flops + stats.pruned_flops + stats.overhead_flops
+    counters = run.counters
+    counters.add("train_flops", actual)
+    counters.add("dense_flops", dense)
+    counters.add("overhead_flops", stats.overhead_flops)
+    counters.add("wall_time_s", elapsed)
+    if stats.pruned:
+        counters.add("pruned_steps", 1)
+        counters.add("removal_ratio_sum", stats.removal_ratio)
+        counters.add("kept_token_ratio_sum", stats.kept_token_ratio)
+    w = run.window
+    w.loss += loss.item()
+    w.steps += 1
+    w.images += n_images
+    w.time += elapsed
+    w.dense_step_flops += dense
+    w.actual_step_flops += actual
+    w.stats = w.stats + stats
+
+
+# ------------------------------------------------------------------------------------------------- log
+
+
+def log_record(run: Run, epoch: int) -> dict:
+    """One metrics.jsonl line; FLOPs and image counts summed over processes, ratios averaged.
+
+    With pruning: per-step means ``dense_flops`` (dense step), ``pruned_flops`` (the step as run: pruned
+    backbone + overhead + heads; ``simwnw_flops`` is its old name, kept one release for every method),
+    ``overhead_flops``, and the ratios the method measures (``removal_ratio``, ``kept_token_ratio``).
+    """
+    acc, w = run.accelerator, run.window
+    local = torch.tensor([w.loss, w.images, run.counters["train_flops"], w.dense_step_flops, w.actual_step_flops,
+                          w.stats.overhead_flops], dtype=torch.float64, device=acc.device)
+    summed = acc.reduce(local, reduction="sum").tolist()
+    n_proc = acc.num_processes
+    record = {"step": run.step, "epoch": epoch, "loss": summed[0] / n_proc / w.steps,
+              "lr": run.scheduler.get_last_lr()[0],
+              "images_per_s": summed[1] / max(w.time, 1e-9),
+              "train_flops": summed[2]}
+    ratios = reported_ratios(run.pruning)
+    if ratios:
+        means = torch.tensor([w.stats.removal_ratio, w.stats.kept_token_ratio], dtype=torch.float64, device=acc.device)
+        removal, kept = acc.reduce(means, reduction="mean").tolist()
+        record.update({"dense_flops": summed[3] / w.steps, "pruned_flops": summed[4] / w.steps,
+                       "simwnw_flops": summed[4] / w.steps, "overhead_flops": summed[5] / w.steps})
+        if "removal_ratio" in ratios:
+            record["removal_ratio"] = removal
+        if "kept_token_ratio" in ratios:
+            record["kept_token_ratio"] = kept
+    return record
+
+
+def write_metrics(run: Run, record: dict) -> None:
+    if run.accelerator.is_main_process:
+        with open(run.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def maybe_log(run: Run, epoch: int, bar) -> None:
+    if run.step % run.cfg.log_every and run.step != run.total_steps:
+        return
+    record = log_record(run, epoch)
+    bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
+    write_metrics(run, record)
+    run.window = _Window()
+
+
+def maybe_save(run: Run) -> None:
+    if run.step % run.cfg.save_every and run.step != run.total_steps:
+        return
+    trainer_state = {"step": run.step, "epoch": run.step / run.steps_per_epoch, "total_steps": run.total_steps,
+                     "dense_flops_per_image": run.dense_per_image, "counters": run.counters.values,
+                     "pruning": run.pruning}
+    save_checkpoint(run.accelerator, run.unwrapped.backbone, run.out, run.step, trainer_state,
+                    metadata={"architecture": run.cfg.model, "framework": run.cfg.framework, "step": str(run.step)},
+                    keep=run.cfg.keep_checkpoints)
+
+
+# ----------------------------------------------------------------------------------------------- train
+
+
+def _epoch_batches(run: Run, epoch: int):
+    """The loader of ``epoch``, skipping the batches a resumed run already trained on."""
+    done = run.step % run.steps_per_epoch
+    loader = run.accelerator.skip_first_batches(run.loader, done) if done else run.loader
+    loader.set_epoch(epoch)
+    return loader
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Pre-train and checkpoint; returns the run summary (also written to ``summary.json``)."""
+    run = build_run(cfg)
+    bar = tqdm(total=run.total_steps, initial=run.step, disable=not run.accelerator.is_local_main_process,
+               desc=cfg.framework)
+    run.model.train()
+    while run.step < run.total_steps:
+        epoch = run.step // run.steps_per_epoch
+        for batch in _epoch_batches(run, epoch):
+            _count_skipped(run, batch.pop("skipped"))
             if "views" not in batch:  # every image of this batch was unreadable
                 continue
+            meter_dense_step(run, batch)
             started = time.perf_counter()
-            if dense_per_image is None:  # metered once: views have fixed shapes
-                dense_per_image = dense_step_flops(unwrapped, batch) / batch["views"][0].shape[0]
-            for module in progress_modules:
-                module.set_progress(step / total_steps)
-            loss, stats = model(batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower --lr or check the data")
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            if hasattr(unwrapped, "momentum_update"):
-                unwrapped.momentum_update((step + 1) / total_steps)
+            loss, stats = train_step(run, batch)
             elapsed = time.perf_counter() - started
-            step += 1
-
-            n_images = batch["views"][0].shape[0]
-            dense = dense_per_image * n_images
-            actual = dense - stats.get("dense_flops", 0.0) + stats.get("kept_flops", 0.0) + stats.get("overhead_flops", 0.0)
-            counters.add("train_flops", actual)
-            counters.add("dense_flops", dense)
-            counters.add("overhead_flops", stats.get("overhead_flops", 0.0))
-            counters.add("wall_time_s", elapsed)
-            final = finalize_stats(dict(stats))
-            if stats:
-                counters.add("pruned_steps", 1)
-                counters.add("removal_ratio_sum", final.get("removal_ratio", 0.0))
-                counters.add("kept_token_ratio_sum", final.get("kept_token_ratio", 0.0))
-            window["loss"] += loss.item()
-            window["steps"] += 1
-            window["images"] += n_images
-            window["time"] += elapsed
-            merge_stats(window["stats"], {**stats, "step_dense": dense, "step_actual": actual})
+            run.step += 1
+            account_step(run, loss, stats, batch["views"][0].shape[0], elapsed)
             bar.update(1)
-
-            if step % cfg.log_every == 0 or step == total_steps:
-                record = _log_record(accelerator, step, epoch, scheduler, window, counters, cfg)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
-                if accelerator.is_main_process:
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                window = _empty_window()
-            if step % cfg.save_every == 0 or step == total_steps:
-                trainer_state = {"step": step, "epoch": step / steps_per_epoch, "total_steps": total_steps,
-                                 "dense_flops_per_image": dense_per_image, "counters": counters.values}
-                save_checkpoint(accelerator, unwrapped.backbone, out, step, trainer_state,
-                                metadata={"architecture": cfg.model, "framework": cfg.framework, "step": str(step)},
-                                keep=cfg.keep_checkpoints)
-            if step >= total_steps:
+            maybe_log(run, epoch, bar)
+            maybe_save(run)
+            if run.step >= run.total_steps:
                 break
     bar.close()
-    if counters["skipped_images"]:
-        accelerator.print(f"warning: skipped {int(counters['skipped_images'])} unreadable images "
-                          f"(first at index {counters.values['first_skipped_index']})")
-
-    summary = _summary(accelerator, cfg, counters, step, steps_per_epoch, images)
-    summary["replica_checksums"] = _replica_checksums(accelerator, unwrapped.backbone)
-    if cfg.knn_eval and images.label_column is not None and accelerator.is_main_process:
-        summary["eval"] = {"knn": _final_knn(cfg, unwrapped.backbone, views.transform)}
-    if accelerator.is_main_process:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        if "eval" in summary:
-            (out / "eval.json").write_text(json.dumps(summary["eval"], indent=2))
-            print(json.dumps({"knn_top1": summary["eval"]["knn"]["top1"], "output_dir": str(out)}))
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return summary
+    return finish_run(run)
 
 
-def _empty_window() -> dict:
-    """Running sums between two metrics.jsonl lines."""
-    return {"loss": 0.0, "steps": 0, "images": 0, "time": 0.0, "stats": {}}
-
-
-def _log_record(accelerator, step, epoch, scheduler, window, counters, cfg) -> dict:
-    """One metrics.jsonl line; FLOPs and image counts summed over processes, ratios averaged."""
-    stats = window["stats"]
-    local = torch.tensor([window["loss"], window["images"], counters["train_flops"],
-                          stats.get("step_dense", 0.0), stats.get("step_actual", 0.0),
-                          stats.get("overhead_flops", 0.0)], dtype=torch.float64, device=accelerator.device)
-    summed = accelerator.reduce(local, reduction="sum").tolist()
-    n_proc = accelerator.num_processes
-    record = {"step": step, "epoch": epoch, "loss": summed[0] / n_proc / window["steps"],
-              "lr": scheduler.get_last_lr()[0],
-              "images_per_s": summed[1] / max(window["time"], 1e-9),
-              "train_flops": summed[2]}
-    if cfg.pruning is not None:
-        ratios = finalize_stats({k: stats.get(k, 0.0) for k in ("pairs", "removal_ratio", "kept_token_ratio") if k in stats})
-        ratio_t = torch.tensor([ratios.get("removal_ratio", 0.0), ratios.get("kept_token_ratio", 0.0)],
-                               dtype=torch.float64, device=accelerator.device)
-        ratio_t = accelerator.reduce(ratio_t, reduction="mean").tolist()
-        per_step = window["steps"]
-        record.update({"dense_flops": summed[3] / per_step, "simwnw_flops": summed[4] / per_step,
-                       "overhead_flops": summed[5] / per_step})
-        if cfg.simwnw or cfg.token_pruning == "simwnw":
-            record["removal_ratio"] = ratio_t[0]
-        if cfg.token_pruning:
-            record["kept_token_ratio"] = ratio_t[1]
-    return record
+# ---------------------------------------------------------------------------------------------- finish
 
 
 def _replica_checksums(accelerator, backbone) -> list:
@@ -321,33 +429,36 @@ def _replica_checksums(accelerator, backbone) -> list:
     return checksums
 
 
-def _summary(accelerator, cfg, counters, step, steps_per_epoch, images) -> dict:
-    totals = torch.tensor([counters[k] for k in _Counters.KEYS], dtype=torch.float64, device=accelerator.device)
-    totals = dict(zip(_Counters.KEYS, accelerator.reduce(totals, reduction="sum").tolist()))
-    n_proc = accelerator.num_processes
-    pruned = totals["pruned_steps"]
-    summary = {
+def run_summary(run: Run) -> dict:
+    """summary.json: what was trained, on what, at what cost (:func:`~.summary.cost_summary`)."""
+    acc, cfg = run.accelerator, run.cfg
+    totals = torch.tensor([run.counters[k] for k in COUNTER_KEYS], dtype=torch.float64, device=acc.device)
+    totals = dict(zip(COUNTER_KEYS, acc.reduce(totals, reduction="sum").tolist()))
+    n_proc = acc.num_processes
+    return {
         "framework": cfg.framework, "model": cfg.model, "model_args": cfg.model_kwargs,
-        "pruning": {"method": cfg.pruning_method, **(cfg.pruning or {})},
-        "dataset": images.source, "split": images.split, "num_images": len(images),
-        "epochs": step / steps_per_epoch, "steps": step, "image_size": cfg.image_size,
+        "pruning": run.pruning,
+        "dataset": run.images.source, "split": run.images.split, "num_images": len(run.images),
+        "labelled": run.images.label_column is not None,
+        "epochs": run.step / run.steps_per_epoch, "steps": run.step, "image_size": cfg.image_size,
         "batch_size": cfg.batch_size, "global_batch_size": cfg.batch_size * n_proc, "num_processes": n_proc,
-        "train_flops": totals["train_flops"], "dense_train_flops": totals["dense_flops"],
-        "flops_saving_pct": 100.0 * (1 - totals["train_flops"] / totals["dense_flops"]) if totals["dense_flops"] else 0.0,
-        "overhead_flops": totals["overhead_flops"],
-        "mean_removal_ratio": totals["removal_ratio_sum"] / pruned if pruned and cfg.pruning_method == "simwnw" else None,
-        "mean_kept_token_ratio": totals["kept_token_ratio_sum"] / pruned if pruned and cfg.token_pruning else None,
-        "wall_time_s": totals["wall_time_s"] / n_proc,
+        **cost_summary(totals, run.pruning, n_proc),
         "skipped_images": int(totals["skipped_images"]),
-        "first_skipped_index": counters.values.get("first_skipped_index"),
+        "first_skipped_index": run.counters.values.get("first_skipped_index"),
         **environment_record(),
     }
+
+
+def finish_run(run: Run) -> dict:
+    """Warn about skipped images, check replicas, write summary.json, end Accelerate."""
+    acc = run.accelerator
+    if run.counters["skipped_images"]:
+        acc.print(f"warning: skipped {int(run.counters['skipped_images'])} unreadable images "
+                  f"(first at index {run.counters.values['first_skipped_index']})")
+    summary = run_summary(run)
+    summary["replica_checksums"] = _replica_checksums(acc, run.unwrapped.backbone)
+    if acc.is_main_process:
+        (run.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    acc.wait_for_everyone()
+    acc.end_training()
     return summary
-
-
-def _final_knn(cfg: TrainConfig, backbone, transform) -> dict:
-    from simwnw_hf.eval.knn import knn_evaluate
-
-    return knn_evaluate(backbone, cfg.dataset, image_size=cfg.image_size, mean=transform.mean, std=transform.std,
-                        train_split=cfg.split, test_split=cfg.eval_split, image_column=cfg.image_column,
-                        label_column=cfg.label_column, max_train=cfg.max_samples, max_test=cfg.eval_max_samples)

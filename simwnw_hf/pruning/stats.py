@@ -1,0 +1,99 @@
+"""What a pair forward saved (:class:`PairStats`) and what it was told to remove (:class:`PairPlan`).
+
+Both are plain typed values so that frameworks, trainer and Hub record read fields, never method
+names. Ratios are stored as sums weighted by ``pairs`` (image pairs) so that stats of several calls,
+steps or processes add up exactly; the properties turn them into means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Iterable, Optional
+
+
+@dataclass(frozen=True)
+class PairStats:
+    """Cost and effect of pair pruning, summed over encoder calls (FLOPs: forward + backward when grad is on).
+
+    pairs: image pairs encoded (a momentum framework counts each encoder: 2 encoders x B).
+    dense_flops: backbone FLOPs of both views without pruning.
+    pruned_flops: backbone FLOPs actually run with pruning (``kept_flops`` in older code).
+    overhead_flops: work pruning added (block/patch matching, waxing, token selection).
+    removed_fraction_sum: sum over pairs of the fraction of input pixels/tokens removed (SimWnW).
+    kept_token_fraction_sum: sum over pairs of tokens x blocks run / dense tokens x blocks (ViTs).
+    """
+
+    pairs: float = 0.0
+    dense_flops: float = 0.0
+    pruned_flops: float = 0.0
+    overhead_flops: float = 0.0
+    removed_fraction_sum: float = 0.0
+    kept_token_fraction_sum: float = 0.0
+
+    def __add__(self, other: "PairStats") -> "PairStats":
+        if not isinstance(other, PairStats):
+            return NotImplemented
+        return PairStats(*(float(getattr(self, f.name)) + float(getattr(other, f.name)) for f in fields(self)))
+
+    @staticmethod
+    def sum(items: Iterable["PairStats"]) -> "PairStats":
+        total = PairStats()
+        for item in items:
+            total = total + item
+        return total
+
+    @property
+    def pruned(self) -> bool:
+        """True when a pruning-aware pair forward ran (dense steps leave the stats empty)."""
+        return self.pairs > 0
+
+    @property
+    def removal_ratio(self) -> float:
+        """Mean fraction of input removed per pair (0 when nothing was pruned)."""
+        return self.removed_fraction_sum / self.pairs if self.pairs else 0.0
+
+    @property
+    def kept_token_ratio(self) -> float:
+        """Mean fraction of token-block work kept per pair (0 when nothing was pruned)."""
+        return self.kept_token_fraction_sum / self.pairs if self.pairs else 0.0
+
+    @property
+    def flops_ratio(self) -> float:
+        """(pruned + overhead) / dense FLOPs of the pair forwards; 1.0 when nothing ran."""
+        return (self.pruned_flops + self.overhead_flops) / self.dense_flops if self.dense_flops else 1.0
+
+    def as_dict(self) -> dict:
+        """Field values plus the ratio properties, as floats."""
+        out = {f.name: float(getattr(self, f.name)) for f in fields(self)}
+        out.update(removal_ratio=self.removal_ratio, kept_token_ratio=self.kept_token_ratio,
+                   flops_ratio=self.flops_ratio)
+        return out
+
+
+@dataclass(frozen=True)
+class PairPlan:
+    """What an encoder will remove from a pair of views, decided once per step (issue 9, "a plan, then a forward").
+
+    method: the pruning method that made it (``simwnw``, ``simprune``, ``evit``).
+    settings: the resolved settings object it was made with.
+    match: the decision: a ``BlockMatch`` (SimWnW ResNet), a ``TokenMatch`` (SimWnW ViT tokens), or
+        None for in-network pruners (SimPrune, EViT decide inside the blocks from the activations).
+    overhead_flops: work of making the plan (matching); the framework counts it once per step, however
+        many encoders (online, momentum) run the plan.
+    pairs: number of image pairs the plan is for.
+    """
+
+    method: str
+    settings: Any
+    match: Optional[Any]
+    overhead_flops: float
+    pairs: int
+
+    @property
+    def in_network(self) -> bool:
+        return self.match is None
+
+    @property
+    def stats(self) -> PairStats:
+        """The plan's own cost, to be added once to the stats of the step."""
+        return PairStats(overhead_flops=float(self.overhead_flops))
