@@ -3,6 +3,7 @@
 import io
 import time
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -14,7 +15,8 @@ def _write_parquet(path, labels, start=0):
 
     def png(i):
         buf = io.BytesIO()
-        Image.new("RGB", (6, 6), (i % 256, (i * 7) % 256, 0)).save(buf, format="PNG")
+        noise = np.random.RandomState(i).randint(0, 256, (6, 6, 3), dtype=np.uint8)  # every image distinct
+        Image.fromarray(noise, "RGB").save(buf, format="PNG")
         return {"bytes": buf.getvalue(), "path": None}
 
     ds = datasets.Dataset.from_dict(
