@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import timm
@@ -28,7 +29,7 @@ from timm.data import create_transform, resolve_model_data_config
 from torch.utils.data import DataLoader, Dataset
 
 import simwnw_hf  # noqa: F401  (registers the simwnw_* architectures with timm)
-from simwnw_hf.data.datasets import load_image_dataset
+from simwnw_hf.eval.splits import resolve_eval_splits
 
 
 class Labelled(Dataset):
@@ -72,7 +73,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--dataset", default=None, help="Hub id, parquet file or folder (default: bundled sample)")
     parser.add_argument("--split", default="train")
     parser.add_argument("--eval-dataset", default=None, help="default: --dataset")
-    parser.add_argument("--eval-split", default="test")
+    parser.add_argument("--eval-split", default="test",
+                        help="evaluation split; a dataset with one split gets a seeded class-stratified 20%% "
+                             "hold-out (seed 0), left out of the fine-tuning set")
     parser.add_argument("--image-column", default=None)
     parser.add_argument("--label-column", default=None)
     parser.add_argument("--max-samples", type=int, default=None)
@@ -85,10 +88,12 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
 
-    train_images = load_image_dataset(args.dataset, args.split, args.image_column, args.label_column,
-                                      args.max_samples)
-    eval_images = load_image_dataset(args.eval_dataset or args.dataset, args.eval_split, args.image_column,
-                                     args.label_column, args.max_samples)
+    # never evaluate on the images the classifier is trained on: a real held-out split, or a hold-out
+    splits = resolve_eval_splits(args.dataset, args.split, args.eval_split, args.image_column, args.label_column,
+                                 args.max_samples, args.max_samples, query_dataset=args.eval_dataset)
+    train_images, eval_images = splits.bank, splits.queries
+    if splits.note:
+        print(f"note: {splits.note}", file=sys.stderr)
     num_classes = train_images.num_classes
     model = build_model(args.model, num_classes, args.mode)
     data_config = resolve_model_data_config(model)  # the encoder's own size and normalisation
@@ -125,7 +130,9 @@ def main(argv=None) -> dict:
         history.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses), "top1": top1})
         print(json.dumps(history[-1]))
 
-    result = {"model": args.model, "mode": args.mode, "dataset": train_images.source, "num_classes": num_classes,
+    # the fine-tuning set never holds the queries; what the encoder's SSL pre-training saw is not known here
+    result = {"model": args.model, "mode": args.mode, **splits.record(queries_seen=None),
+              "queries_in_finetuning_set": False, "num_classes": num_classes,
               "num_train": len(train_images), "num_eval": len(eval_images), "top1": history[-1]["top1"],
               "history": history}
     if args.output_dir:
@@ -137,4 +144,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # bad input: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -217,8 +217,6 @@ repo, arch, model_args, x_path, out = sys.argv[1], sys.argv[2], json.loads(sys.a
 x = torch.load(x_path)
 models = {
     "timm hf-hub": lambda: timm.create_model(f"hf-hub:{repo}", pretrained=True),
-    # the architecture's default pretrained_cfg names hf_hub_id=<repo>: plain pretrained=True
-    "timm default cfg": lambda: timm.create_model(arch, pretrained=True, **model_args),
     "transformers AutoModel": lambda: AutoModel.from_pretrained(repo),
 }
 if len(sys.argv) > 6:  # offline: the cached snapshot as a local folder / a file overlay
@@ -249,7 +247,7 @@ def _env(home: Path, endpoint: str, offline: bool, token: str = None) -> dict:
 
 def test_upload_then_download_in_fresh_processes_gives_trained_features(run_dir, hub, tmp_path):
     record = training_record(run_dir)
-    repo_id = default_repo_id(record)  # = the hf_hub_id of simwnw_resnet18_cifar's default pretrained_cfg
+    repo_id = default_repo_id(record)
     assert repo_id == "simwnw-hf/simwnw_resnet18_cifar.simsiam_simwnw_cifar10"
     up = subprocess.run([sys.executable, str(ROOT / "hub_upload.py"), str(run_dir), "--repo-id", repo_id,
                          "--baseline-run", str(run_dir), "--commit-message", "tiny test encoder"],

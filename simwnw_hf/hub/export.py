@@ -55,7 +55,7 @@ def recipe_tag(record: dict) -> str:
 
 
 def default_repo_id(record: dict, namespace: str = "simwnw-hf") -> str:
-    """``simwnw-hf/<model>.<tag>``: the id the architectures' default ``pretrained_cfg`` points at."""
+    """``simwnw-hf/<model>.<tag>``: a suggested repo id (load it as ``hf-hub:<id>``; nothing is published there yet)."""
     return f"{namespace}/{record['model']}.{recipe_tag(record)}"
 
 
