@@ -30,27 +30,43 @@ CHECKPOINT_NAME = re.compile(r"^checkpoint-\d+$")
 PAPER_EPOCHS = 800  # SimWnW paper, Table 1: training from scratch, 800 epochs
 
 
+# Names a dataset is known by (a Hub id, its legacy short name, or a local folder / file name) -> Hub id.
+# Matched exactly, never as a substring: "cifar100" is not "cifar10".
+KNOWN_DATASETS = {
+    "uoft-cs/cifar10": "uoft-cs/cifar10", "cifar10": "uoft-cs/cifar10", "cifar-10": "uoft-cs/cifar10",
+    "uoft-cs/cifar100": "uoft-cs/cifar100", "cifar100": "uoft-cs/cifar100", "cifar-100": "uoft-cs/cifar100",
+    "ilsvrc/imagenet-1k": "ILSVRC/imagenet-1k", "imagenet-1k": "ILSVRC/imagenet-1k", "imagenet1k": "ILSVRC/imagenet-1k",
+    "imagenet": "ILSVRC/imagenet-1k", "imagenet-sample": "ILSVRC/imagenet-1k",
+}
+BUNDLED_SAMPLE_NAMES = ("sample", "default", "cifar10-sample")
+
+
 def hub_dataset_id(dataset: Optional[str]) -> Optional[str]:
     """Hub dataset id for the card's ``datasets`` field, or None for a local dataset we cannot name.
 
-    The bundled ``sample`` and local CIFAR-10 parquet files are subsets of ``uoft-cs/cifar10``.
+    Known names match exactly (:data:`KNOWN_DATASETS`); a local path is named by a folder or file stem
+    that is a known name (``/data/cifar100/train.parquet`` -> ``uoft-cs/cifar100``); the bundled
+    ``sample`` is a subset of ``uoft-cs/cifar10``. Any other non-path text is taken as a Hub id.
     """
     if not dataset:
         return None
     text = str(dataset)
-    lowered = text.lower()
-    if text in ("sample", "default", "cifar10-sample") or "simwnw_hf/data/sample" in text or "cifar10" in lowered:
+    if text in BUNDLED_SAMPLE_NAMES or "simwnw_hf/data/sample" in text:
         return "uoft-cs/cifar10"
-    if "imagenet" in lowered and text.startswith(("/", ".", "~")):
-        return "ILSVRC/imagenet-1k"
+    if text.lower() in KNOWN_DATASETS:
+        return KNOWN_DATASETS[text.lower()]
     if text.startswith(("/", ".", "~")) or Path(text).exists():
+        path = Path(text)
+        for part in reversed((*path.parent.parts, path.stem)):  # nearest name first
+            if part.lower() in KNOWN_DATASETS:
+                return KNOWN_DATASETS[part.lower()]
         return None
     return text  # already a Hub id
 
 
 def _dataset_label(source) -> str:
     """Human name of a dataset source; the bundled sample is named for what it is."""
-    if str(source) in ("sample", "default", "cifar10-sample", "None"):
+    if str(source) in (*BUNDLED_SAMPLE_NAMES, "None"):
         return "CIFAR-10 subset bundled with simwnw_hf"
     return str(source)
 
