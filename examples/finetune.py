@@ -1,11 +1,13 @@
 """Fine-tune a pretrained simwnw_hf encoder on a labelled image dataset: linear probe or full fine-tune.
 
-    # a published encoder (downloaded through the Hub cache), linear probe on CIFAR-10
-    python examples/finetune.py --model hf-hub:simwnw-hf/simwnw_resnet18_cifar.simsiam_simwnw_cifar10 \
-        --dataset cifar10 --mode linear
+    # an encoder you published with hub_upload.py (simwnw_hf itself publishes none), linear probe on CIFAR-10
+    python examples/finetune.py --model hf-hub:ORG/NAME --dataset cifar10 --mode linear
     # an exported folder (simwnw_hf.hub.export_run / hub_upload.py --export-dir), full fine-tune
     python examples/finetune.py --model local-dir:exports/encoder --dataset /path/to/train.parquet \
         --eval-dataset /path/to/test.parquet --mode full --epochs 5
+
+Evaluation uses --eval-split (default ``test``); a dataset with a single split gets a seeded,
+class-stratified 20% hold-out (seed 0) that is left out of the fine-tuning set.
 
 The encoder is created by timm with a fresh classifier (``num_classes`` = classes of the dataset); the
 pretrained weights fill everything else. ``--mode linear`` freezes the encoder (BatchNorm statistics
@@ -30,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import simwnw_hf  # noqa: F401  (registers the simwnw_* architectures with timm)
 from simwnw_hf.eval.splits import resolve_eval_splits
+from simwnw_hf.models.weights import NoPublishedWeightsError, require_weight_source
 
 
 class Labelled(Dataset):
@@ -88,6 +91,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
 
+    if timm.is_model(args.model):  # a bare architecture name: fail before loading data if nothing is published
+        require_weight_source(args.model, True, {})
     # never evaluate on the images the classifier is trained on: a real held-out split, or a hold-out
     splits = resolve_eval_splits(args.dataset, args.split, args.eval_split, args.image_column, args.label_column,
                                  args.max_samples, args.max_samples, query_dataset=args.eval_dataset)
@@ -146,6 +151,6 @@ def main(argv=None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # bad input: one line, no traceback
+    except (ValueError, FileNotFoundError, NoPublishedWeightsError) as exc:  # bad input: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -374,6 +374,22 @@ def test_finetune_example_on_exported_encoder(exported, tmp_path, mode):
         assert "conv1.weight" in changed and "bn1.running_mean" in changed
 
 
+def test_finetune_default_evaluation_on_a_single_split_is_a_holdout(exported, tmp_path):
+    """A file as --dataset, no --eval-dataset: the evaluation images are held out of the fine-tuning set."""
+    from test_data_splits import _write_parquet
+
+    _write_parquet(tmp_path / "dev.parquet", [i % 4 for i in range(20)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = _finetune_main()(["--model", f"local-dir:{exported}", "--epochs", "1", "--batch-size", "8",
+                                   "--dataset", str(tmp_path / "dev.parquet")])
+    finally:
+        torch.set_num_threads(threads)
+    assert (result["num_train"], result["num_eval"]) == (16, 4) and result["holdout"]["fraction"] == 0.2
+    assert result["queries_in_finetuning_set"] is False
+
+
 # ---- issue 14: comparable baselines, usual permissions ----------------------------------------------
 
 def test_baseline_that_is_not_comparable_is_refused_before_writing(run_dir, dense_run_dir, tmp_path):

@@ -50,3 +50,15 @@ def test_factory_device_and_dtype_reach_every_parameter(name):
     assert {p.device.type for p in model.parameters()} == {"meta"}
     model = timm.create_model(name, dtype=torch.float64)
     assert {p.dtype for p in model.parameters()} == {torch.float64}
+
+
+def test_finetune_example_on_an_unpublished_name_is_one_line():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "finetune.py"
+    proc = subprocess.run([sys.executable, str(script), "--model", "simwnw_resnet18_cifar"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "hub_upload.py" in proc.stderr
