@@ -172,6 +172,26 @@ def eval_commands(record: dict, run_dir: str) -> list:
     return commands
 
 
+# what simwnw_hf.eval.splits records about bank and queries; stated in the limitations, not the protocol line
+SPLIT_RECORD_KEYS = ("bank", "queries", "holdout", "queries_seen_in_training", "note")
+
+
+def _split_limitations(record: dict) -> list:
+    lines = []
+    for protocol, result in sorted((record.get("eval") or {}).items()):
+        if not isinstance(result, dict):
+            continue
+        holdout = result.get("holdout")
+        if holdout:
+            lines.append(f"{protocol} queries are a seeded class-stratified hold-out of split '{holdout['of_split']}' "
+                         f"({holdout['fraction']:.0%} of each class, seed {holdout['seed']}): the dataset has no "
+                         f"separate test split.")
+        if result.get("queries_seen_in_training"):
+            lines.append(f"The {protocol} queries were among the encoder's SSL training images, so its top-1 is "
+                         f"optimistic.")
+    return lines
+
+
 def _limitations(record: dict) -> list:
     lines = []
     epochs = record.get("epochs")
@@ -185,6 +205,7 @@ def _limitations(record: dict) -> list:
     if isinstance(knn, dict) and knn.get("num_test") is not None and knn["num_test"] < 1000:
         lines.append(f"kNN top-1 was measured on {knn['num_test']} test images "
                      f"({knn.get('num_train', '?')} in the memory bank): a noisy estimate.")
+    lines += _split_limitations(record)
     if not record.get("eval"):
         lines.append("No evaluation result is attached to this checkpoint.")
     if not record.get("final_checkpoint", True):
@@ -297,7 +318,8 @@ def render_card(record: dict, config: dict, repo_id: str, baseline: Optional[dic
     protocols = []
     for protocol, result in sorted((record.get("eval") or {}).items()):
         if isinstance(result, dict):
-            detail = {k: v for k, v in result.items() if k not in ("top1", "model", "checkpoint", "random_init")}
+            detail = {k: v for k, v in result.items() if k not in ("top1", "model", "checkpoint", "random_init",
+                                                                   *SPLIT_RECORD_KEYS)}
             protocols.append(f"`{protocol}`: " + ", ".join(f"{k}={v}" for k, v in detail.items()))
     pruning_settings = {k: v for k, v in (record.get("pruning") or {}).items() if k != "method" and v is not None}
     pruning_text = "none (dense)" if not method else (
