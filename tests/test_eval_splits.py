@@ -63,6 +63,13 @@ def test_knn_on_a_single_split_is_not_a_self_match(dev_folder, layout):
     assert result["holdout"]["fraction"] == 0.2 and result["queries_seen_in_training"] is True
 
 
+def test_one_image_per_class_cannot_be_scored(tmp_path):
+    """The 500-image ImageNet sample has 500 classes of one image: no honest top-1 exists, so none is made up."""
+    _write_parquet(tmp_path / "dev.parquet", [0, 1, 2, 3])
+    with pytest.raises(ValueError, match="every class has a single image"):
+        resolve_eval_splits(str(tmp_path / "dev.parquet"))
+
+
 def test_real_split_is_used_and_overlaps_are_refused(tmp_path, sample_dir):
     splits = resolve_eval_splits(None, None, "test", max_train=20, max_test=10)
     assert splits.holdout is None and (splits.bank_split, splits.query_split) == ("train", "test")

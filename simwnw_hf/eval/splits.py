@@ -213,9 +213,10 @@ def resolve_eval_splits(dataset: Optional[str], train_split: Optional[str] = Non
     if full.label_column is None:
         raise ValueError(f"dataset {full.source!r} split {bank_split!r} has no label column; name it with --label-column")
     query_idx = holdout_indices(full.labels, holdout.fraction, holdout.seed)
-    if not query_idx:
-        raise ValueError(f"split '{bank_split}' of {full.source} is too small for a hold-out (no class has 2 images); "
-                         f"pass a dataset with a held-out split")
+    if not query_idx:  # e.g. the 500-image ImageNet sample: 500 classes of one image each
+        raise ValueError(f"top-1 cannot be measured on split '{bank_split}' of {full.source}: every class has a single "
+                         f"image, so no held-out query would have a same-class image in the bank; pass a dataset with a "
+                         f"test split or several images per class (e.g. the bundled sample)")
     taken = set(query_idx)
     bank_idx = [i for i in range(len(full)) if i not in taken]
     missing = "" if test_split is None else f"no split '{test_split}' in {full.source} (only '{bank_split}'); "
