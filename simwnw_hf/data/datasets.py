@@ -132,11 +132,11 @@ def _load_hub(source: str, split: Optional[str]):
             f"cache; pass a local parquet file or folder instead (e.g. --dataset /path/to/train.parquet)")
     if offline is None:
         return datasets.load_dataset(str(source), split=split or "train")
-    try:  # offline mode reads only the local cache, which answers in about a second
-        previous = datasets.config.HF_HUB_OFFLINE
-        datasets.config.HF_HUB_OFFLINE = True
+    previous = datasets.config.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = True  # offline mode reads only the local cache: it answers in about a second
+    try:
         return datasets.load_dataset(str(source), split=split or "train")
-    except (ConnectionError, FileNotFoundError, OSError) as exc:
+    except OSError as exc:  # ConnectionError, FileNotFoundError
         raise ValueError(hint.format(offline)) from exc
     except Exception as exc:  # datasets' own not-found errors have no common base class
         if "offline" in str(exc).lower() or type(exc).__name__ in ("DatasetNotFoundError", "DataFilesNotFoundError"):
