@@ -1,11 +1,13 @@
 """Fine-tune a pretrained simwnw_hf encoder on a labelled image dataset: linear probe or full fine-tune.
 
-    # a published encoder (downloaded through the Hub cache), linear probe on CIFAR-10
-    python examples/finetune.py --model hf-hub:simwnw-hf/simwnw_resnet18_cifar.simsiam_simwnw_cifar10 \
-        --dataset cifar10 --mode linear
+    # an encoder you published with hub_upload.py (simwnw_hf itself publishes none), linear probe on CIFAR-10
+    python examples/finetune.py --model hf-hub:ORG/NAME --dataset cifar10 --mode linear
     # an exported folder (simwnw_hf.hub.export_run / hub_upload.py --export-dir), full fine-tune
     python examples/finetune.py --model local-dir:exports/encoder --dataset /path/to/train.parquet \
         --eval-dataset /path/to/test.parquet --mode full --epochs 5
+
+Evaluation uses --eval-split (default ``test``); a dataset with a single split gets a seeded,
+class-stratified 20% hold-out (seed 0) that is left out of the fine-tuning set.
 
 The encoder is created by timm with a fresh classifier (``num_classes`` = classes of the dataset); the
 pretrained weights fill everything else. ``--mode linear`` freezes the encoder (BatchNorm statistics
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import timm
@@ -28,7 +31,8 @@ from timm.data import create_transform, resolve_model_data_config
 from torch.utils.data import DataLoader, Dataset
 
 import simwnw_hf  # noqa: F401  (registers the simwnw_* architectures with timm)
-from simwnw_hf.data.datasets import load_image_dataset
+from simwnw_hf.eval.splits import resolve_eval_splits
+from simwnw_hf.models.weights import NoPublishedWeightsError, require_weight_source
 
 
 class Labelled(Dataset):
@@ -72,7 +76,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--dataset", default=None, help="Hub id, parquet file or folder (default: bundled sample)")
     parser.add_argument("--split", default="train")
     parser.add_argument("--eval-dataset", default=None, help="default: --dataset")
-    parser.add_argument("--eval-split", default="test")
+    parser.add_argument("--eval-split", default="test",
+                        help="evaluation split; a dataset with one split gets a seeded class-stratified 20%% "
+                             "hold-out (seed 0), left out of the fine-tuning set")
     parser.add_argument("--image-column", default=None)
     parser.add_argument("--label-column", default=None)
     parser.add_argument("--max-samples", type=int, default=None)
@@ -85,10 +91,14 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
 
-    train_images = load_image_dataset(args.dataset, args.split, args.image_column, args.label_column,
-                                      args.max_samples)
-    eval_images = load_image_dataset(args.eval_dataset or args.dataset, args.eval_split, args.image_column,
-                                     args.label_column, args.max_samples)
+    if timm.is_model(args.model):  # a bare architecture name: fail before loading data if nothing is published
+        require_weight_source(args.model, True, {})
+    # never evaluate on the images the classifier is trained on: a real held-out split, or a hold-out
+    splits = resolve_eval_splits(args.dataset, args.split, args.eval_split, args.image_column, args.label_column,
+                                 args.max_samples, args.max_samples, query_dataset=args.eval_dataset)
+    train_images, eval_images = splits.bank, splits.queries
+    if splits.note:
+        print(f"note: {splits.note}", file=sys.stderr)
     num_classes = train_images.num_classes
     model = build_model(args.model, num_classes, args.mode)
     data_config = resolve_model_data_config(model)  # the encoder's own size and normalisation
@@ -125,7 +135,9 @@ def main(argv=None) -> dict:
         history.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses), "top1": top1})
         print(json.dumps(history[-1]))
 
-    result = {"model": args.model, "mode": args.mode, "dataset": train_images.source, "num_classes": num_classes,
+    # the fine-tuning set never holds the queries; what the encoder's SSL pre-training saw is not known here
+    result = {"model": args.model, "mode": args.mode, **splits.record(queries_seen=None),
+              "queries_in_finetuning_set": False, "num_classes": num_classes,
               "num_train": len(train_images), "num_eval": len(eval_images), "top1": history[-1]["top1"],
               "history": history}
     if args.output_dir:
@@ -137,4 +149,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError, NoPublishedWeightsError) as exc:  # bad input: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

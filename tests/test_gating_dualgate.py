@@ -191,7 +191,7 @@ def test_registered_models_follow_timm_conventions(tmp_path):
 
 
 def test_bad_input_fails_with_one_clear_message():
-    with pytest.raises(ValueError, match="no weights are published"):
+    with pytest.raises(RuntimeError, match="no published weights"):
         timm.create_model("simwnw_dualgate_resnet18_cifar", pretrained=True)
     m = _model()
     with pytest.raises(ValueError, match="gated blocks"):

@@ -34,16 +34,13 @@ TOKEN = "hf_localtesttoken0123456789"
 MODEL_ARGS = {"layers": [1, 1, 1, 1]}
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """Two-step SimSiam + SimWnW run of a 1-block-per-stage CIFAR ResNet on 8 sample images, 16 px."""
+def _train(out: Path, *extra: str) -> Path:
     from simwnw_hf.train import run
     from simwnw_hf.train.config import parse_config
 
-    out = tmp_path_factory.mktemp("run") / "simsiam"
     cfg = parse_config(["--dataset", "sample", "--image-size", "16", "--batch-size", "4", "--max-steps", "2",
                         "--max-samples", "8", "--eval-max-samples", "8", "--save-every", "1",
-                        "--model-args", json.dumps(MODEL_ARGS), "--simwnw", "--output-dir", str(out)],
+                        "--model-args", json.dumps(MODEL_ARGS), *extra, "--output-dir", str(out)],
                        defaults={"framework": "simsiam"})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 2 shared cores: one thread per process is much faster under load
@@ -52,6 +49,18 @@ def run_dir(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """Two-step SimSiam + SimWnW run of a 1-block-per-stage CIFAR ResNet on 8 sample images, 16 px."""
+    return _train(tmp_path_factory.mktemp("run") / "simsiam", "--simwnw")
+
+
+@pytest.fixture(scope="module")
+def dense_run_dir(tmp_path_factory):
+    """The same run without SimWnW: a comparable dense baseline."""
+    return _train(tmp_path_factory.mktemp("dense") / "simsiam_dense")
 
 
 @pytest.fixture(scope="module")
@@ -217,8 +226,6 @@ repo, arch, model_args, x_path, out = sys.argv[1], sys.argv[2], json.loads(sys.a
 x = torch.load(x_path)
 models = {
     "timm hf-hub": lambda: timm.create_model(f"hf-hub:{repo}", pretrained=True),
-    # the architecture's default pretrained_cfg names hf_hub_id=<repo>: plain pretrained=True
-    "timm default cfg": lambda: timm.create_model(arch, pretrained=True, **model_args),
     "transformers AutoModel": lambda: AutoModel.from_pretrained(repo),
 }
 if len(sys.argv) > 6:  # offline: the cached snapshot as a local folder / a file overlay
@@ -247,12 +254,12 @@ def _env(home: Path, endpoint: str, offline: bool, token: str = None) -> dict:
     return env
 
 
-def test_upload_then_download_in_fresh_processes_gives_trained_features(run_dir, hub, tmp_path):
+def test_upload_then_download_in_fresh_processes_gives_trained_features(run_dir, dense_run_dir, hub, tmp_path):
     record = training_record(run_dir)
-    repo_id = default_repo_id(record)  # = the hf_hub_id of simwnw_resnet18_cifar's default pretrained_cfg
+    repo_id = default_repo_id(record)
     assert repo_id == "simwnw-hf/simwnw_resnet18_cifar.simsiam_simwnw_cifar10"
     up = subprocess.run([sys.executable, str(ROOT / "hub_upload.py"), str(run_dir), "--repo-id", repo_id,
-                         "--baseline-run", str(run_dir), "--commit-message", "tiny test encoder"],
+                         "--baseline-run", str(dense_run_dir), "--commit-message", "tiny test encoder"],
                         env=_env(tmp_path / "uploader", hub.url, offline=False, token=TOKEN),
                         capture_output=True, text=True, timeout=300)
     assert up.returncode == 0, up.stderr[-3000:]
@@ -279,7 +286,7 @@ def test_upload_then_download_in_fresh_processes_gives_trained_features(run_dir,
 
     features = {**torch.load(tmp_path / "online.pt"),
                 **{f"{k} (offline)": v for k, v in torch.load(tmp_path / "offline.pt").items()}}
-    assert len(features) == 8
+    assert len(features) == 6  # hf-hub + AutoModel online; those two + local-dir + file overlay offline
     for name, value in features.items():
         torch.testing.assert_close(value, expected, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
     assert hub.unhandled == []
@@ -365,3 +372,35 @@ def test_finetune_example_on_exported_encoder(exported, tmp_path, mode):
         assert changed == []
     else:
         assert "conv1.weight" in changed and "bn1.running_mean" in changed
+
+
+def test_finetune_default_evaluation_on_a_single_split_is_a_holdout(exported, tmp_path):
+    """A file as --dataset, no --eval-dataset: the evaluation images are held out of the fine-tuning set."""
+    from test_data_splits import _write_parquet
+
+    _write_parquet(tmp_path / "dev.parquet", [i % 4 for i in range(20)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = _finetune_main()(["--model", f"local-dir:{exported}", "--epochs", "1", "--batch-size", "8",
+                                   "--dataset", str(tmp_path / "dev.parquet")])
+    finally:
+        torch.set_num_threads(threads)
+    assert (result["num_train"], result["num_eval"]) == (16, 4) and result["holdout"]["fraction"] == 0.2
+    assert result["queries_in_finetuning_set"] is False
+
+
+# ---- issue 14: comparable baselines, usual permissions ----------------------------------------------
+
+def test_baseline_that_is_not_comparable_is_refused_before_writing(run_dir, dense_run_dir, tmp_path):
+    with pytest.raises(ValueError, match="not comparable.*pruning: the baseline is a simwnw run"):
+        export_run(run_dir, tmp_path / "out", baseline_run=run_dir)
+    assert not (tmp_path / "out").exists()
+    card = (export_run(run_dir, tmp_path / "ok", baseline_run=dense_run_dir) / "README.md").read_text()
+    assert "dense baseline" in card
+
+
+def test_export_folder_and_files_have_usual_permissions(exported):
+    assert exported.stat().st_mode & 0o777 == 0o755
+    for name in ("model.safetensors", "config.json", "README.md"):
+        assert (exported / name).stat().st_mode & 0o777 == 0o644, name

@@ -57,18 +57,34 @@ def test_infonce_queue_reference_and_fifo():
     assert int(loss_fn.queue_ptr) == 1
 
 
-def test_vicreg_matches_reference():
+def vicreg_reference(x, y, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0):
+    """Written from the VICReg authors' code, not ours: facebookresearch/vicreg ``main_vicreg.py``
+    (commit 4e12602), ``VICReg.forward``, one process: ``repr_loss = mse(x, y)``; both branches centred;
+    ``std = sqrt(var + 1e-4)``; ``std_loss = mean(relu(1 - std_x)) / 2 + mean(relu(1 - std_y)) / 2``;
+    ``cov = x.T x / (batch_size - 1)``; ``cov_loss`` = off-diagonal squares summed / num_features, per branch.
+    """
+    n, d = x.shape
+    repr_loss = sum((x[i, j] - y[i, j]).item() ** 2 for i in range(n) for j in range(d)) / (n * d)
+    std_loss = 0.0
+    cov_loss = 0.0
+    for z in (x, y):
+        zc = z - z.mean(dim=0)
+        hinge = [max(0.0, 1.0 - math.sqrt(sum(zc[i, j].item() ** 2 for i in range(n)) / (n - 1) + 1e-4))
+                 for j in range(d)]
+        std_loss += sum(hinge) / d / 2
+        cov = [[sum(zc[k, a].item() * zc[k, b].item() for k in range(n)) / (n - 1) for b in range(d)]
+               for a in range(d)]
+        cov_loss += sum(cov[a][b] ** 2 for a in range(d) for b in range(d) if a != b) / d
+    return sim_coeff * repr_loss + std_coeff * std_loss + cov_coeff * cov_loss
+
+
+def test_vicreg_matches_the_authors_code():
     torch.manual_seed(0)
-    a, b = torch.randn(10, 6), torch.randn(10, 6)
-
-    def var(z):
-        return sum(max(0.0, 1 - math.sqrt(z[:, j].var().item() + 1e-4)) for j in range(z.shape[1])) / z.shape[1]
-
-    def cov(z):
-        zc = z - z.mean(0)
-        c = zc.T @ zc / (z.shape[0] - 1)
-        return sum(c[i, j].item() ** 2 for i in range(6) for j in range(6) if i != j) / 6
-
-    inv = ((a - b) ** 2).mean().item()
-    expected = 25 * inv + 25 * (var(a) + var(b)) + (cov(a) + cov(b))
-    assert abs(VICRegLoss()(a, b).item() - expected) < 1e-4
+    scale = torch.tensor([0.2, 0.5, 1.0, 2.0, 0.1, 0.8])  # some std below 1, so the variance hinge is active
+    a, b = torch.randn(10, 6) * scale, torch.randn(10, 6) * scale + 0.3 * torch.randn(10, 1)
+    assert abs(VICRegLoss(gather_distributed=False)(a, b).item() - vicreg_reference(a, b)) < 1e-4
+    # each term on its own, so no weighting can hide behind another term
+    for weights in [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)]:
+        ours = VICRegLoss(*weights, gather_distributed=False)(a, b).item()
+        assert abs(ours - vicreg_reference(a, b, *weights)) < 1e-5, weights
+    assert vicreg_reference(a, b, 0.0, 1.0, 0.0) > 0.1

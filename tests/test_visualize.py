@@ -37,3 +37,30 @@ def test_cli_writes_png_with_stage_masks(tmp_path, capsys):
     main(["--dataset", "sample", "--index", "1", "--out", str(out)])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "similar pairs" in capsys.readouterr().out
+
+
+def test_small_image_figure_is_readable(tmp_path):
+    """At 32px: views scaled up side by side, no two block letters overlap, the title names the dataset."""
+    from simwnw_hf.simwnw.visualize import build_figure, build_parser
+
+    fig, match = build_figure(build_parser().parse_args(["--dataset", "sample", "--index", "3", "--model", "none"]))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    views = fig.axes[:2]
+    for ax in views:
+        boxes = [t.get_window_extent(renderer) for t in ax.texts]
+        assert len(boxes) == int(match.similar.sum()) > 10
+        overlaps = [(i, j) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
+        assert overlaps == [], [(ax.texts[i].get_text(), ax.texts[j].get_text()) for i, j in overlaps]
+        assert min(t.get_fontsize() for t in ax.texts) >= 9
+        assert ax.get_window_extent(renderer).width >= 400  # a 32px view is drawn >= 12 screen px per pixel
+    gap = views[1].get_window_extent(renderer).x0 - views[0].get_window_extent(renderer).x1
+    assert gap < 0.15 * views[0].get_window_extent(renderer).width  # no wide empty gap between the views
+    title = fig._suptitle.get_text()
+    assert title.startswith("bundled CIFAR-10 sample [3] @32px") and "/" not in title.split("@")[0]
+
+
+def test_out_into_a_missing_folder_is_created(tmp_path):
+    out = tmp_path / "new" / "deeper" / "pair.png"
+    main(["--dataset", "sample", "--index", "0", "--model", "none", "--out", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,7 +14,7 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from PIL import Image
 
@@ -33,31 +33,141 @@ class UnreadableImageError(ValueError):
         self.index = index
 
 
+def _resolve_source(source: Optional[str]) -> Path:
+    """The local path a source names (the bundled sample for None / 'sample'); may not exist."""
+    if source is None or str(source) in SAMPLE_NAMES:
+        source = str(SAMPLE_DIR)
+    return Path(os.path.expanduser(str(source)))
+
+
+def is_local_source(source: Optional[str]) -> bool:
+    """Whether a source is the bundled sample or a local path (anything else is a Hub dataset id)."""
+    return (source is None or str(source) in SAMPLE_NAMES or _resolve_source(source).exists()
+            or str(source).startswith((".", "/", "~")))
+
+
+def parquet_splits(folder: Path) -> Dict[str, List[Path]]:
+    """``{split: [files]}`` of a parquet folder, every shard of a split included.
+
+    A split is named by the file stem before its first ``-``: ``train.parquet`` and the Hub's sharded
+    ``train-00000-of-00003.parquet`` ... both belong to ``train``. The Hub's ``data/`` sub-folder
+    (``data/train-*.parquet``) is read when the folder itself holds no parquet file.
+    """
+    files = sorted(folder.glob("*.parquet")) or sorted((folder / "data").glob("*.parquet"))
+    splits: Dict[str, List[Path]] = {}
+    for path in files:
+        splits.setdefault(path.stem.split("-")[0], []).append(path)
+    return splits
+
+
+def available_splits(source: Optional[str]) -> Optional[List[str]]:
+    """Split names of a local source; None for a Hub id (asking the Hub is left to ``datasets``).
+
+    A single parquet file is one split; its name is whatever the caller calls it (``train`` by default).
+    """
+    path = _resolve_source(source)
+    if path.is_file():
+        return ["train"]
+    if path.is_dir():
+        parquet = parquet_splits(path)
+        if parquet:
+            return sorted(parquet)
+        from datasets.data_files import get_data_patterns  # the split names imagefolder will infer
+
+        try:
+            return sorted(str(name) for name in get_data_patterns(str(path)))
+        except Exception:  # an empty folder: load_image_dataset names the problem
+            return ["train"]
+    return None
+
+
+def split_files(source: Optional[str], split: Optional[str]) -> Optional[List[Path]]:
+    """The resolved files a split of a local parquet source reads (None when not a parquet source)."""
+    path = _resolve_source(source)
+    if path.is_file():
+        return [path.resolve()]
+    if path.is_dir():
+        parquet = parquet_splits(path)
+        if parquet:
+            return [p.resolve() for p in parquet.get(_default_split(parquet, split), [])]
+    return None
+
+
+def _default_split(by_split, split: Optional[str]) -> str:
+    """'train' when there is one (or several splits), else the only split there is."""
+    if split is not None:
+        return split
+    return "train" if "train" in by_split or len(by_split) > 1 else next(iter(by_split))
+
+
+def hub_offline_reason() -> Optional[str]:
+    """Why the Hub cannot be reached right now (offline mode set, or no route to it), else None.
+
+    The route check is one TCP connect with a 3 s timeout, so a machine without network fails in
+    seconds instead of after ``datasets``' retries.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return f"{name}={os.environ[name]} is set"
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError as exc:
+        return f"{host}:{port} cannot be reached ({exc.strerror or exc})"
+    return None
+
+
+def _load_hub(source: str, split: Optional[str]):
+    """A Hub dataset split, or one line saying what to pass instead when the Hub is out of reach."""
+    import datasets
+
+    offline = hub_offline_reason()
+    hint = (f"dataset {source!r} is a Hub id, but the Hub is offline ({{}}) and it is not in the local "
+            f"cache; pass a local parquet file or folder instead (e.g. --dataset /path/to/train.parquet)")
+    if offline is None:
+        return datasets.load_dataset(str(source), split=split or "train")
+    previous = datasets.config.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = True  # offline mode reads only the local cache: it answers in about a second
+    try:
+        return datasets.load_dataset(str(source), split=split or "train")
+    except OSError as exc:  # ConnectionError, FileNotFoundError
+        raise ValueError(hint.format(offline)) from exc
+    except Exception as exc:  # datasets' own not-found errors have no common base class
+        if "offline" in str(exc).lower() or type(exc).__name__ in ("DatasetNotFoundError", "DataFilesNotFoundError"):
+            raise ValueError(hint.format(offline)) from exc
+        raise
+    finally:
+        datasets.config.HF_HUB_OFFLINE = previous
+
+
 def _load_raw(source: Optional[str], split: Optional[str]):
     """Returns a ``datasets.Dataset`` for one split; the split defaults to 'train'."""
     import datasets
 
-    if source is None or str(source) in SAMPLE_NAMES:
-        source = str(SAMPLE_DIR)
-    path = Path(os.path.expanduser(str(source)))
+    path = _resolve_source(source)
     if path.is_file():
         if path.suffix != ".parquet":
             raise ValueError(f"dataset file {path} is not a .parquet file; pass a parquet file, a folder or a Hub id")
         split = split or "train"
         return datasets.load_dataset("parquet", data_files={split: str(path)}, split=split)
     if path.is_dir():
-        parquet = sorted(path.glob("*.parquet"))
-        if parquet:
-            by_split = {p.stem.split("-")[0]: str(p) for p in parquet}
-            if split is None:  # 'train' when there is one, else the only split there is
-                split = "train" if "train" in by_split or len(by_split) > 1 else next(iter(by_split))
+        by_split = parquet_splits(path)
+        if by_split:
+            split = _default_split(by_split, split)
             if split not in by_split:
                 raise ValueError(f"split '{split}' not found in {path}; available: {sorted(by_split)}")
-            return datasets.load_dataset("parquet", data_files={split: by_split[split]}, split=split)
+            return datasets.load_dataset("parquet", data_files={split: [str(p) for p in by_split[split]]},
+                                         split=split)
         return datasets.load_dataset("imagefolder", data_dir=str(path), split=split or "train")
     if str(source).startswith((".", "/", "~")):
         raise FileNotFoundError(f"dataset path {source} does not exist")
-    return datasets.load_dataset(str(source), split=split or "train")
+    return _load_hub(str(source), split)
 
 
 def _find_column(ds, wanted: Optional[str], names, feature_type, what: str) -> Optional[str]:

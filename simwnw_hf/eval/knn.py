@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import logging
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 
-from simwnw_hf.data.datasets import load_image_dataset
-
 from .features import extract_features
+from .splits import TrainingData, queries_seen_in_training, resolve_eval_splits
+
+logger = logging.getLogger(__name__)
 
 
 def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
@@ -28,17 +30,23 @@ def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_f
 
 
 def knn_evaluate(backbone, dataset: Optional[str], image_size: int, mean, std, train_split: Optional[str] = None,
-                 test_split: str = "test", k: int = 200, temperature: float = 0.1, image_column=None,
+                 test_split: Optional[str] = "test", k: int = 200, temperature: float = 0.1, image_column=None,
                  label_column=None, max_train: Optional[int] = None, max_test: Optional[int] = None,
-                 batch_size: int = 256) -> dict:
-    """kNN top-1 with the train split as memory bank and ``test_split`` as queries."""
-    bank = load_image_dataset(dataset, train_split, image_column, label_column, max_train)
-    queries = load_image_dataset(dataset, test_split, image_column, label_column, max_test)
-    bank_x, bank_y = extract_features(backbone, bank, image_size, mean, std, batch_size)
-    query_x, query_y = extract_features(backbone, queries, image_size, mean, std, batch_size)
+                 batch_size: int = 256, trained_on: Union[TrainingData, str, None] = "bank") -> dict:
+    """kNN top-1: memory bank and queries from :func:`~simwnw_hf.eval.splits.resolve_eval_splits`.
+
+    ``trained_on`` says what the encoder saw in training, for ``queries_seen_in_training`` in the
+    result (default ``"bank"``: the whole bank split, as the trainer's run-end kNN).
+    """
+    splits = resolve_eval_splits(dataset, train_split, test_split, image_column, label_column, max_train, max_test)
+    bank_x, bank_y = extract_features(backbone, splits.bank, image_size, mean, std, batch_size)
+    query_x, query_y = extract_features(backbone, splits.queries, image_size, mean, std, batch_size)
     num_classes = int(max(bank_y.max(), query_y.max())) + 1
     pred = knn_predict(bank_x, bank_y, query_x, num_classes, k, temperature).argmax(dim=1)
+    record = splits.record(queries_seen_in_training(splits, trained_on))
+    if record.get("note"):
+        logger.warning("evaluation: %s", record["note"])
     return {"top1": 100.0 * (pred == query_y).float().mean().item(), "k": k, "t": temperature,
-            "protocol": "weighted kNN, cosine similarity", "dataset": bank.source,
-            "train_split": bank.split, "test_split": queries.split,
+            "protocol": "weighted kNN, cosine similarity",
+            **record,
             "num_train": len(bank_y), "num_test": len(query_y)}

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import logging
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from simwnw_hf.data.datasets import load_image_dataset
-
 from .features import extract_features
+from .splits import TrainingData, queries_seen_in_training, resolve_eval_splits
+
+logger = logging.getLogger(__name__)
 
 
 def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, epochs: int = 100,
@@ -32,18 +34,22 @@ def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
 
 
 def linear_evaluate(backbone, dataset: Optional[str], image_size: int, mean, std, train_split: Optional[str] = None,
-                    test_split: str = "test", epochs: int = 100, lr: float = 1e-3, image_column=None,
+                    test_split: Optional[str] = "test", epochs: int = 100, lr: float = 1e-3, image_column=None,
                     label_column=None, max_train: Optional[int] = None, max_test: Optional[int] = None,
-                    batch_size: int = 256, seed: int = 0) -> dict:
-    train = load_image_dataset(dataset, train_split, image_column, label_column, max_train)
-    test = load_image_dataset(dataset, test_split, image_column, label_column, max_test)
-    train_x, train_y = extract_features(backbone, train, image_size, mean, std, batch_size)
-    test_x, test_y = extract_features(backbone, test, image_size, mean, std, batch_size)
+                    batch_size: int = 256, seed: int = 0,
+                    trained_on: Union[TrainingData, str, None] = "bank") -> dict:
+    """Linear-probe top-1: probe trained on the bank, scored on the queries (see ``resolve_eval_splits``)."""
+    splits = resolve_eval_splits(dataset, train_split, test_split, image_column, label_column, max_train, max_test)
+    train_x, train_y = extract_features(backbone, splits.bank, image_size, mean, std, batch_size)
+    test_x, test_y = extract_features(backbone, splits.queries, image_size, mean, std, batch_size)
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     probe = train_linear_probe(train_x, train_y, num_classes, epochs, lr, seed=seed)
     with torch.no_grad():
         pred = probe(test_x).argmax(dim=1)
+    record = splits.record(queries_seen_in_training(splits, trained_on))
+    if record.get("note"):
+        logger.warning("evaluation: %s", record["note"])
     return {"top1": 100.0 * (pred == test_y).float().mean().item(), "epochs": epochs, "lr": lr,
             "protocol": "linear probe (BN without affine + Linear, AdamW) on frozen features",
-            "dataset": train.source, "train_split": train.split, "test_split": test.split,
+            **record,
             "num_train": len(train_y), "num_test": len(test_y)}

@@ -30,27 +30,43 @@ CHECKPOINT_NAME = re.compile(r"^checkpoint-\d+$")
 PAPER_EPOCHS = 800  # SimWnW paper, Table 1: training from scratch, 800 epochs
 
 
+# Names a dataset is known by (a Hub id, its legacy short name, or a local folder / file name) -> Hub id.
+# Matched exactly, never as a substring: "cifar100" is not "cifar10".
+KNOWN_DATASETS = {
+    "uoft-cs/cifar10": "uoft-cs/cifar10", "cifar10": "uoft-cs/cifar10", "cifar-10": "uoft-cs/cifar10",
+    "uoft-cs/cifar100": "uoft-cs/cifar100", "cifar100": "uoft-cs/cifar100", "cifar-100": "uoft-cs/cifar100",
+    "ilsvrc/imagenet-1k": "ILSVRC/imagenet-1k", "imagenet-1k": "ILSVRC/imagenet-1k", "imagenet1k": "ILSVRC/imagenet-1k",
+    "imagenet": "ILSVRC/imagenet-1k", "imagenet-sample": "ILSVRC/imagenet-1k",
+}
+BUNDLED_SAMPLE_NAMES = ("sample", "default", "cifar10-sample")
+
+
 def hub_dataset_id(dataset: Optional[str]) -> Optional[str]:
     """Hub dataset id for the card's ``datasets`` field, or None for a local dataset we cannot name.
 
-    The bundled ``sample`` and local CIFAR-10 parquet files are subsets of ``uoft-cs/cifar10``.
+    Known names match exactly (:data:`KNOWN_DATASETS`); a local path is named by a folder or file stem
+    that is a known name (``/data/cifar100/train.parquet`` -> ``uoft-cs/cifar100``); the bundled
+    ``sample`` is a subset of ``uoft-cs/cifar10``. Any other non-path text is taken as a Hub id.
     """
     if not dataset:
         return None
     text = str(dataset)
-    lowered = text.lower()
-    if text in ("sample", "default", "cifar10-sample") or "simwnw_hf/data/sample" in text or "cifar10" in lowered:
+    if text in BUNDLED_SAMPLE_NAMES or "simwnw_hf/data/sample" in text:
         return "uoft-cs/cifar10"
-    if "imagenet" in lowered and text.startswith(("/", ".", "~")):
-        return "ILSVRC/imagenet-1k"
+    if text.lower() in KNOWN_DATASETS:
+        return KNOWN_DATASETS[text.lower()]
     if text.startswith(("/", ".", "~")) or Path(text).exists():
+        path = Path(text)
+        for part in reversed((*path.parent.parts, path.stem)):  # nearest name first
+            if part.lower() in KNOWN_DATASETS:
+                return KNOWN_DATASETS[part.lower()]
         return None
     return text  # already a Hub id
 
 
 def _dataset_label(source) -> str:
     """Human name of a dataset source; the bundled sample is named for what it is."""
-    if str(source) in ("sample", "default", "cifar10-sample", "None"):
+    if str(source) in (*BUNDLED_SAMPLE_NAMES, "None"):
         return "CIFAR-10 subset bundled with simwnw_hf"
     return str(source)
 
@@ -156,6 +172,26 @@ def eval_commands(record: dict, run_dir: str) -> list:
     return commands
 
 
+# what simwnw_hf.eval.splits records about bank and queries; stated in the limitations, not the protocol line
+SPLIT_RECORD_KEYS = ("bank", "queries", "holdout", "queries_seen_in_training", "note")
+
+
+def _split_limitations(record: dict) -> list:
+    lines = []
+    for protocol, result in sorted((record.get("eval") or {}).items()):
+        if not isinstance(result, dict):
+            continue
+        holdout = result.get("holdout")
+        if holdout:
+            lines.append(f"{protocol} queries are a seeded class-stratified hold-out of split '{holdout['of_split']}' "
+                         f"({holdout['fraction']:.0%} of each class, seed {holdout['seed']}): the dataset has no "
+                         f"separate test split.")
+        if result.get("queries_seen_in_training"):
+            lines.append(f"The {protocol} queries were among the encoder's SSL training images, so its top-1 is "
+                         f"optimistic.")
+    return lines
+
+
 def _limitations(record: dict) -> list:
     lines = []
     epochs = record.get("epochs")
@@ -169,6 +205,7 @@ def _limitations(record: dict) -> list:
     if isinstance(knn, dict) and knn.get("num_test") is not None and knn["num_test"] < 1000:
         lines.append(f"kNN top-1 was measured on {knn['num_test']} test images "
                      f"({knn.get('num_train', '?')} in the memory bank): a noisy estimate.")
+    lines += _split_limitations(record)
     if not record.get("eval"):
         lines.append("No evaluation result is attached to this checkpoint.")
     if not record.get("final_checkpoint", True):
@@ -281,7 +318,8 @@ def render_card(record: dict, config: dict, repo_id: str, baseline: Optional[dic
     protocols = []
     for protocol, result in sorted((record.get("eval") or {}).items()):
         if isinstance(result, dict):
-            detail = {k: v for k, v in result.items() if k not in ("top1", "model", "checkpoint", "random_init")}
+            detail = {k: v for k, v in result.items() if k not in ("top1", "model", "checkpoint", "random_init",
+                                                                   *SPLIT_RECORD_KEYS)}
             protocols.append(f"`{protocol}`: " + ", ".join(f"{k}={v}" for k, v in detail.items()))
     pruning_settings = {k: v for k, v in (record.get("pruning") or {}).items() if k != "method" and v is not None}
     pruning_text = "none (dense)" if not method else (

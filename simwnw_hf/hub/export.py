@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 import simwnw_hf  # noqa: F401  (registers simwnw_* architectures with timm)
 
 from .card import render_card
+from .comparable import check_baseline
 from .record import find_checkpoint, record_to_metadata, training_record
 
 __all__ = ["export_run", "build_encoder", "hub_config", "default_repo_id", "recipe_tag", "CONFIG_FILE", "CARD_FILE"]
@@ -55,7 +56,7 @@ def recipe_tag(record: dict) -> str:
 
 
 def default_repo_id(record: dict, namespace: str = "simwnw-hf") -> str:
-    """``simwnw-hf/<model>.<tag>``: the id the architectures' default ``pretrained_cfg`` points at."""
+    """``simwnw-hf/<model>.<tag>``: a suggested repo id (load it as ``hf-hub:<id>``; nothing is published there yet)."""
     return f"{namespace}/{record['model']}.{recipe_tag(record)}"
 
 
@@ -98,11 +99,17 @@ def hub_config(model: torch.nn.Module, record: dict) -> dict:
     return config
 
 
+FOLDER_MODE, FILE_MODE = 0o755, 0o644  # what a published folder is everywhere else (mkdtemp makes 0700)
+
+
 def _write_folder(folder: Path, state_dict: dict, config: dict, card_text: str, record: dict) -> None:
     metadata = {"format": "pt", "architecture": record["model"], **record_to_metadata(record)}
     save_file({k: v.contiguous() for k, v in state_dict.items()}, str(folder / WEIGHTS_FILE), metadata=metadata)
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     (folder / CARD_FILE).write_text(card_text)
+    for name in (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE):
+        os.chmod(folder / name, FILE_MODE)
+    os.chmod(folder, FOLDER_MODE)
 
 
 def _install(tmp: Path, out_dir: Path, overwrite: bool) -> None:
@@ -134,7 +141,8 @@ def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint=
         out_dir: folder to create; an existing non-empty one is replaced only with ``overwrite=True``.
         checkpoint: step, ``checkpoint-<step>`` name or path; None = newest complete checkpoint.
         repo_id: ``ORG/NAME`` shown in the card; default ``simwnw-hf/<model>.<recipe tag>``.
-        baseline_run: run dir of the dense baseline for the card's results table.
+        baseline_run: run dir of the dense baseline for the card's results table; refused (ValueError)
+            unless it differs from this run only in pruning (``comparable.check_baseline``).
         dataset_id / license / publish_command / notes: card options (see ``render_card``).
 
     Returns:
@@ -149,6 +157,8 @@ def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint=
     model = build_encoder(record, state_dict)
     config = hub_config(model, record)
     baseline = training_record(baseline_run) if baseline_run is not None else None
+    if baseline is not None:
+        check_baseline(record, baseline, baseline_run)  # before any file is written
     card = render_card(record, config, repo_id or default_repo_id(record), baseline=baseline,
                        dataset_id=dataset_id, license=license, publish_command=publish_command, notes=notes)
 

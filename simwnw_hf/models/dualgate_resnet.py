@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+from simwnw_hf.models.weights import require_weight_source
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock
 
@@ -116,19 +117,15 @@ def dense_state_dict(model: DualGateResNet) -> Dict[str, torch.Tensor]:
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> DualGateResNet:
-    sources = (kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
-    local = any(getattr(c, "file", None) or (isinstance(c, dict) and c.get("file")) for c in sources)
-    if pretrained and not local:
-        # timm would only warn and return random weights; refuse instead of handing back a plausible model
-        raise ValueError(f"no weights are published for {variant}; create it with pretrained=False, or pass "
-                         "pretrained_cfg_overlay=dict(file=PATH) to load a local checkpoint")
+    # timm would only warn and return random weights; refuse instead of handing back a plausible model
+    require_weight_source(variant, pretrained, kwargs)
     return build_model_with_cfg(DualGateResNet, variant, pretrained, **kwargs)
 
 
 # No weights are published for these yet: no hf_hub_id, so pretrained=True has nothing to load.
 default_cfgs = generate_default_cfgs({
-    "simwnw_dualgate_resnet18.untrained": _cfg(),
-    "simwnw_dualgate_resnet18_cifar.untrained": _cfg(
+    "simwnw_dualgate_resnet18": _cfg(),
+    "simwnw_dualgate_resnet18_cifar": _cfg(
         input_size=(3, 32, 32), pool_size=(4, 4), crop_pct=1.0, mean=CIFAR10_MEAN, std=CIFAR10_STD),
 })
 

@@ -28,6 +28,8 @@ from simwnw_hf.simwnw.flops import trace_flops
 from simwnw_hf.simwnw.masked_exec import masked_forward_features
 from simwnw_hf.simwnw.masks import pair_expander
 
+from .weights import require_weight_source
+
 __all__ = ["SimWnWResNet", "SimWnWSettings", "PairPruningConfig"]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -52,7 +54,9 @@ class SimWnWResNet(ResNet):
         self.cifar_stem = cifar_stem
         if cifar_stem:
             stem_out = self.conv1.out_channels if isinstance(self.conv1, nn.Conv2d) else 64
-            self.conv1 = nn.Conv2d(self.in_chans, stem_out, kernel_size=3, stride=1, padding=1, bias=False)
+            # on the factory's device / dtype like every other layer (timm's device="meta" included)
+            factory = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
+            self.conv1 = nn.Conv2d(self.in_chans, stem_out, kernel_size=3, stride=1, padding=1, bias=False, **factory)
             self.maxpool = nn.Identity()
             # timm assumes a stride-4 stem when it fills feature_info; here the stem does not downsample.
             for info in self.feature_info:
@@ -150,6 +154,7 @@ class SimWnWResNet(ResNet):
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> SimWnWResNet:
+    require_weight_source(variant, pretrained, kwargs)  # before building: no weights are published
     return build_model_with_cfg(SimWnWResNet, variant, pretrained, **kwargs)
 
 
@@ -167,13 +172,13 @@ def _cfg(**kwargs):
     }
 
 
-# Weights are published by ``hub_upload.py`` under ``simwnw-hf/<model>.<tag>``; the tag names the SSL
-# recipe. No weights ship with the package: ``pretrained=True`` resolves them through the Hub cache.
+# No weights are published: the tables hold no tag and no Hub id, so ``timm.list_models(pretrained=True)``
+# lists none and ``pretrained=True`` fails at once (``weights.require_weight_source``) saying how to get
+# weights. Add a tagged entry with its ``hf_hub_id`` here only once weights are really on the Hub.
 default_cfgs = generate_default_cfgs({
-    "simwnw_resnet18.simsiam_simwnw_in1k": _cfg(hf_hub_id="simwnw-hf/simwnw_resnet18.simsiam_simwnw_in1k"),
-    "simwnw_resnet50.simsiam_simwnw_in1k": _cfg(hf_hub_id="simwnw-hf/simwnw_resnet50.simsiam_simwnw_in1k"),
-    "simwnw_resnet18_cifar.simsiam_simwnw_cifar10": _cfg(
-        hf_hub_id="simwnw-hf/simwnw_resnet18_cifar.simsiam_simwnw_cifar10",
+    "simwnw_resnet18": _cfg(),
+    "simwnw_resnet50": _cfg(),
+    "simwnw_resnet18_cifar": _cfg(
         input_size=(3, 32, 32), pool_size=(4, 4), crop_pct=1.0,
         mean=CIFAR10_MEAN, std=CIFAR10_STD,
     ),

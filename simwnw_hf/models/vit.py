@@ -26,6 +26,8 @@ from simwnw_hf.data.views import denormalize
 from simwnw_hf.pruning import PairPlan, PairStats, TokenPruningSettings, accepted_settings, model_name
 from simwnw_hf.tokens import PairTokenPruner, TokenGroup, build_pair_pruner, vit_flops
 
+from .weights import require_weight_source
+
 __all__ = ["SimWnWVisionTransformer"]
 
 
@@ -178,6 +180,7 @@ class SimWnWVisionTransformer(VisionTransformer):
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> SimWnWVisionTransformer:
+    require_weight_source(variant, pretrained, kwargs)  # before building: no weights are published
     out_indices = kwargs.pop("out_indices", 3)
     return build_model_with_cfg(
         SimWnWVisionTransformer, variant, pretrained,
@@ -198,17 +201,11 @@ def _cfg(**kwargs):
     }
 
 
-# Weights are published by ``hub_upload.py`` under ``simwnw-hf/<model>.<tag>``; the tag names the SSL
-# recipe. No weights ship with the package: ``pretrained=True`` resolves them through the Hub cache.
+# No weights are published (see the note above resnet.py's default_cfgs): no tags, no Hub ids.
 default_cfgs = generate_default_cfgs({
-    "simwnw_vit_tiny_patch16_224.dino_simwnw_in1k": _cfg(
-        hf_hub_id="simwnw-hf/simwnw_vit_tiny_patch16_224.dino_simwnw_in1k"),
-    "simwnw_vit_small_patch16_224.dino_simwnw_in1k": _cfg(
-        hf_hub_id="simwnw-hf/simwnw_vit_small_patch16_224.dino_simwnw_in1k"),
-    "simwnw_vit_small_patch16_224.dino_simprune_in1k": _cfg(
-        hf_hub_id="simwnw-hf/simwnw_vit_small_patch16_224.dino_simprune_in1k"),
-    "simwnw_vit_base_patch16_224.dino_simwnw_in1k": _cfg(
-        hf_hub_id="simwnw-hf/simwnw_vit_base_patch16_224.dino_simwnw_in1k"),
+    "simwnw_vit_tiny_patch16_224": _cfg(),
+    "simwnw_vit_small_patch16_224": _cfg(),
+    "simwnw_vit_base_patch16_224": _cfg(),
 })
 
 

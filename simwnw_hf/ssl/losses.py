@@ -83,7 +83,15 @@ class InfoNCEWithQueue(nn.Module):
 class VICRegLoss(nn.Module):
     """VICReg (Bardes et al. 2022): invariance + variance hinge + covariance decorrelation.
 
-    Variance and covariance are statistics of the *global* batch: embeddings are gathered first.
+    As the authors' code (facebookresearch/vicreg ``main_vicreg.py``, ``VICReg.forward``)::
+
+        loss = lambda * mse(z_a, z_b)
+             + mu * (mean_j relu(1 - std_j(z_a)) / 2 + mean_j relu(1 - std_j(z_b)) / 2)
+             + nu * (sum_{i != j} cov(z_a)_ij^2 / d + sum_{i != j} cov(z_b)_ij^2 / d)
+
+    with ``std = sqrt(var + eps)`` and weights 25 / 25 / 1: the variance term *averages* the two
+    branches (the paper's eq. 6 sums them, which doubles its weight). The invariance term is the
+    local batch's; variance and covariance are statistics of the *global* batch (gathered first).
     """
 
     def __init__(self, lambda_param: float = 25.0, mu_param: float = 25.0, nu_param: float = 1.0,
@@ -97,7 +105,7 @@ class VICRegLoss(nn.Module):
         if self.gather_distributed:
             z_a, z_b = gather_with_grad(z_a), gather_with_grad(z_b)
         return (self.lambda_param * invariance
-                + self.mu_param * (self._variance(z_a) + self._variance(z_b))
+                + self.mu_param * (self._variance(z_a) + self._variance(z_b)) / 2
                 + self.nu_param * (self._covariance(z_a) + self._covariance(z_b)))
 
     def _variance(self, z: torch.Tensor) -> torch.Tensor:
