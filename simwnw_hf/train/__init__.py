@@ -7,6 +7,7 @@ import sys
 
 def main(framework: str, argv=None) -> dict:
     """Entry point of ``training/<framework>.py``: parse flags into a TrainConfig and train."""
+    from .checkpoint import CheckpointWriteError
     from .config import parse_config
     from .trainer import train
 
@@ -16,6 +17,6 @@ def main(framework: str, argv=None) -> dict:
     try:
         cfg = parse_config(argv, defaults, description=f"{framework} self-supervised pre-training")
         return train(cfg)
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+    except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError, CheckpointWriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2)

@@ -24,9 +24,11 @@ from simwnw_hf.data.loader import EpochShuffleSampler, SkipUnreadable, ViewDatas
 from simwnw_hf.data.views import MultiCropTransform, TwoViewTransform
 from simwnw_hf.ssl.pair import finalize_stats, merge_stats
 
-from .checkpoint import latest_checkpoint, list_checkpoints, load_trainer_state, save_checkpoint
+from .checkpoint import (checkpoint_dirs, find_resumable_checkpoint, load_trainer_state, remove_leftovers,
+                         save_checkpoint)
 from .config import TrainConfig
 from .flops import dense_step_flops
+from .run_files import append_metrics, check_finite, truncate_metrics, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -141,20 +143,12 @@ class _Counters:
         self.values[key] += float(value)
 
 
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """On resume, drop log lines written after the checkpoint we resume from."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
-
-
 def train(cfg: TrainConfig) -> dict:
     """Pre-train, checkpoint, and (optionally) report kNN top-1; returns the run summary."""
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
-    if list_checkpoints(out) and not cfg.resume:
+    if checkpoint_dirs(out) and not cfg.resume:
         raise FileExistsError(f"{out} already holds checkpoints; pass --resume to continue that run "
                               f"or choose another --output-dir (nothing was overwritten)")
 
@@ -179,7 +173,11 @@ def train(cfg: TrainConfig) -> dict:
     steps_per_epoch = len(loader)
 
     step, state = 0, {}
-    if cfg.resume and (ckpt := latest_checkpoint(out)) is not None:
+    ckpt = find_resumable_checkpoint(out, expect={"architecture": cfg.model, "framework": cfg.framework},
+                                     shapes=backbone.state_dict()) if cfg.resume else None
+    if cfg.resume and ckpt is None:
+        accelerator.print(f"--resume: no checkpoint in {out} yet; starting from step 0")
+    if ckpt is not None:
         accelerator.load_state(str(ckpt / "training_state"))
         state = load_trainer_state(ckpt)
         step = int(state["step"])
@@ -188,8 +186,9 @@ def train(cfg: TrainConfig) -> dict:
     metrics_path = out / "metrics.jsonl"
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "run_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        _truncate_metrics(metrics_path, step)
+        remove_leftovers(out)
+        write_json_atomic(out / "run_config.json", cfg.to_dict())
+        truncate_metrics(metrics_path, step)
 
     unwrapped = accelerator.unwrap_model(model)
     dense_per_image: Optional[float] = state.get("dense_flops_per_image")
@@ -197,6 +196,7 @@ def train(cfg: TrainConfig) -> dict:
     window = _empty_window()
     # schedules (SimPrune window, DINO teacher temperature) follow training progress
     progress_modules = [m for m in unwrapped.modules() if callable(getattr(m, "set_progress", None))]
+    params = [p for p in unwrapped.parameters() if p.requires_grad]
     model.train()
     while step < total_steps:
         epoch = step // steps_per_epoch
@@ -216,9 +216,8 @@ def train(cfg: TrainConfig) -> dict:
             for module in progress_modules:
                 module.set_progress(step / total_steps)
             loss, stats = model(batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower --lr or check the data")
             accelerator.backward(loss)
+            check_finite(accelerator, loss, params, step + 1, out)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
@@ -250,8 +249,7 @@ def train(cfg: TrainConfig) -> dict:
                 record = _log_record(accelerator, step, epoch, scheduler, window, counters, cfg)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
                 if accelerator.is_main_process:
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    append_metrics(metrics_path, record)
                 window = _empty_window()
             if step % cfg.save_every == 0 or step == total_steps:
                 trainer_state = {"step": step, "epoch": step / steps_per_epoch, "total_steps": total_steps,
@@ -271,9 +269,9 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.knn_eval and images.label_column is not None and accelerator.is_main_process:
         summary["eval"] = {"knn": _final_knn(cfg, unwrapped.backbone, views.transform)}
     if accelerator.is_main_process:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json_atomic(out / "summary.json", summary)
         if "eval" in summary:
-            (out / "eval.json").write_text(json.dumps(summary["eval"], indent=2))
+            write_json_atomic(out / "eval.json", summary["eval"])
             print(json.dumps({"knn_top1": summary["eval"]["knn"]["top1"], "output_dir": str(out)}))
     accelerator.wait_for_everyone()
     accelerator.end_training()
