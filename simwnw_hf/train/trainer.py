@@ -202,6 +202,7 @@ def train(cfg: TrainConfig) -> dict:
         epoch = step // steps_per_epoch
         epoch_loader = accelerator.skip_first_batches(loader, step % steps_per_epoch) if step % steps_per_epoch else loader
         epoch_loader.set_epoch(epoch)
+        views.set_epoch(epoch)  # accelerate's skip_first_batches loader does not pass the epoch on to the dataset
         for batch in epoch_loader:
             skipped = batch.pop("skipped")
             if len(skipped):
