@@ -261,6 +261,14 @@ def remove_leftovers(output_dir) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
+def _disk_nearly_full(folder: Path, margin: int = 1 << 20) -> bool:
+    """Whether the file system of ``folder`` has (almost) no space left; run before the tmp folder is removed."""
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
+
+
 def save_checkpoint(accelerator, backbone: torch.nn.Module, output_dir, step: int, trainer_state: dict,
                     metadata: Optional[dict] = None, keep: int = 2) -> Path:
     """Write ``checkpoint-<step>`` atomically; every process must call it (Accelerate saves RNGs per rank).
@@ -291,11 +299,14 @@ def save_checkpoint(accelerator, backbone: torch.nn.Module, output_dir, step: in
             _fsync_tree(root)
             for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
                 remove_dir(old)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError of its zip writer
+        if isinstance(exc, RuntimeError) and not _disk_nearly_full(root):
+            raise
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         previous = [p.name for p in list_checkpoints(root) if p != final]
-        what = "the disk is full (ENOSPC)" if exc.errno == errno.ENOSPC else f"{type(exc).__name__}: {exc}"
+        full = getattr(exc, "errno", None) == errno.ENOSPC or isinstance(exc, RuntimeError)
+        what = "the disk is full (ENOSPC)" if full else f"{type(exc).__name__}: {exc}"
         raise CheckpointWriteError(f"could not write checkpoint-{step} in {root}: {what}; "
                                    f"{'previous checkpoint ' + previous[-1] + ' is intact' if previous else 'no earlier checkpoint exists'}"
                                    f" (free space and rerun with --resume)") from None
