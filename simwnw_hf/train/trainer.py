@@ -203,6 +203,7 @@ def train(cfg: TrainConfig) -> dict:
         epoch_loader = accelerator.skip_first_batches(loader, step % steps_per_epoch) if step % steps_per_epoch else loader
         epoch_loader.set_epoch(epoch)
         views.set_epoch(epoch)  # accelerate's skip_first_batches loader does not pass the epoch on to the dataset
+        steps_before = step
         for batch in epoch_loader:
             skipped = batch.pop("skipped")
             if len(skipped):
@@ -260,6 +261,8 @@ def train(cfg: TrainConfig) -> dict:
                                 keep=cfg.keep_checkpoints)
             if step >= total_steps:
                 break
+        if step == steps_before:  # every batch of the epoch was unreadable: looping again would never end
+            raise ValueError(f"no image of epoch {epoch} could be decoded (see the 'skipping' warnings)")
     bar.close()
     if counters["skipped_images"]:
         accelerator.print(f"warning: skipped {int(counters['skipped_images'])} unreadable images "
