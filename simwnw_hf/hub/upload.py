@@ -94,6 +94,9 @@ def validate_folder(folder: Union[str, Path]) -> dict:
     import simwnw_hf  # noqa: F401  (registers simwnw_* architectures)
 
     folder = Path(folder)
+    if folder.name.startswith(".") and (".tmp-" in folder.name or ".old-" in folder.name):
+        raise FolderValidationError(f"{folder} is a temporary folder of an interrupted export_run, not an export; "
+                                    "export the run again")
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
         raise FolderValidationError(f"{folder} is missing {missing}; export a run with hub_upload.py RUN_DIR "

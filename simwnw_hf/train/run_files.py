@@ -31,6 +31,38 @@ def write_json_atomic(path, payload) -> None:
             tmp.unlink()
 
 
+# settings that make a run what it is: a resume with other values would silently train something else
+RUN_IDENTITY = ("framework", "model", "model_args", "framework_args", "dataset", "split", "image_column",
+                "max_samples", "image_size", "crop_min_scale", "batch_size", "seed", "optimizer", "lr",
+                "weight_decay", "warmup_steps", "simwnw", "block_size", "psnr_threshold", "search_window",
+                "max_rings", "token_pruning", "keep_rate", "prune_layers", "n_local_crops", "local_crop_size",
+                "dino_out_dim")
+
+
+def check_resume_config(path, current: dict) -> None:
+    """Refuse (one line) to resume a run whose ``run_config.json`` names other identity settings.
+
+    Unknown keys (a newer version's fields) are ignored; a file that is not a JSON object is refused.
+    Values are compared through JSON, so ``[4, 7]`` and ``(4, 7)`` are equal.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); restore it or choose another --output-dir") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} is not a JSON object; restore it or choose another --output-dir")
+    norm = lambda v: json.dumps(v, sort_keys=True)  # noqa: E731
+    differ = [k for k in RUN_IDENTITY if k in saved and k in current and norm(saved[k]) != norm(current[k])]
+    if differ:
+        shown = ", ".join(f"{k}={saved[k]!r} (now {current[k]!r})" for k in differ[:4])
+        raise ValueError(f"--resume: {path} was written by a run with {shown}"
+                         f"{' and more' if len(differ) > 4 else ''}; pass the same settings or choose another "
+                         "--output-dir")
+
+
 def append_metrics(path, record: dict) -> None:
     """Append one JSON line with a single ``write`` on an ``O_APPEND`` descriptor, then fsync."""
     data = (json.dumps(record) + "\n").encode()

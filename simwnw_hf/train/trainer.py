@@ -28,7 +28,7 @@ from .checkpoint import (checkpoint_dirs, find_resumable_checkpoint, load_traine
                          save_checkpoint)
 from .config import TrainConfig
 from .flops import dense_step_flops
-from .run_files import append_metrics, check_finite, truncate_metrics, write_json_atomic
+from .run_files import append_metrics, check_finite, check_resume_config, truncate_metrics, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +151,8 @@ def train(cfg: TrainConfig) -> dict:
     if checkpoint_dirs(out) and not cfg.resume:
         raise FileExistsError(f"{out} already holds checkpoints; pass --resume to continue that run "
                               f"or choose another --output-dir (nothing was overwritten)")
+    if cfg.resume:  # every process, before any work: a mismatch must not leave one process waiting
+        check_resume_config(out / "run_config.json", cfg.to_dict())
 
     backbone = build_backbone(cfg)
     framework = build_framework(cfg, backbone)
