@@ -193,7 +193,8 @@ def verify_checkpoint(ckpt, expect: Optional[Mapping] = None,
 
 
 def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    if os.environ.get("RANK", "0") == "0":  # once per run, not once per process
+        print(message, file=sys.stderr, flush=True)
 
 
 def find_resumable_checkpoint(output_dir, expect: Optional[Mapping] = None,
