@@ -9,6 +9,10 @@ Files whose path ends in ``.safetensors`` / ``.bin`` (or larger than 10 MB) go t
 real Hub; everything else is committed inline. Xet is not implemented: run clients with
 ``HF_HUB_DISABLE_XET=1``.
 
+Faults for reliability tests: ``hub.fail(route, kind, times)`` makes the next ``times`` requests of a route
+(``"lfs_put"``, ``"commit"``, ``"preupload"``, ...) answer 500, drop the connection without an answer
+(``"reset"``), or stall past the client's timeout (``"timeout"``), before the route changes any state.
+
 Repos are kept in memory: ``repos[repo_id] = Repo`` with branches -> commit -> {path: File}.
 Write routes require ``Authorization: Bearer <token>``; unknown routes answer 404 and are logged
 in ``server.unhandled`` so a test can show what a client asked for.
@@ -74,6 +78,9 @@ class HubState:
         self.lock = threading.Lock()
         self.unhandled: list = []
         self.requests: list = []
+        self.faults: Dict[str, list] = {}  # route name -> kinds still to inject, in order
+        self.stall_s = 5.0
+        self.headers_seen: list = []  # every request's headers (tests check where a token went)
 
     def new_repo(self, repo_id: str, private: bool = False) -> Repo:
         oid = uuid.uuid4().hex + "00000000"
@@ -162,10 +169,31 @@ class Handler(BaseHTTPRequestHandler):
         for pattern, name in ROUTES.get(method, ()):
             match = re.fullmatch(pattern, path)
             if match:
+                self.state.headers_seen.append(dict(self.headers))
+                pending = self.state.faults.get(name)
+                if pending:
+                    return self._inject(pending.pop(0))
                 with self.state.lock:
                     return getattr(self, name)(query=query, **match.groupdict())
         self.state.unhandled.append((method, self.path))
         self._error(404, f"no route for {method} {path}")
+
+    def _inject(self, kind: str):
+        """Fail this request before it touches any state."""
+        import time
+
+        if kind == "500":
+            self._body()
+            return self._error(500, "injected internal server error")
+        if kind == "reset":  # no status line at all: the client sees the connection drop
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return None
+        if kind == "timeout":
+            time.sleep(self.state.stall_s)
+            self.close_connection = True
+            return None
+        raise ValueError(f"unknown fault {kind}")
 
     def do_GET(self):
         self._route("GET")
@@ -439,6 +467,12 @@ class HubServer:
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def fail(self, route: str, kind: str = "500", times: int = 1) -> None:
+        """The next ``times`` requests of ``route`` (a handler name, e.g. ``"lfs_put"``) fail with ``kind``."""
+        if not any(name == route for routes in ROUTES.values() for _, name in routes):
+            raise ValueError(f"no route named {route}")
+        self.state.faults.setdefault(route, []).extend([kind] * times)
 
     @property
     def repos(self):

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -206,11 +208,16 @@ class ImageDataset:
     def __len__(self) -> int:
         return len(self.hf_dataset)
 
-    @property
+    @cached_property
     def labels(self) -> Optional[List[int]]:
+        """Integer class ids; anything else is refused with one line (see :func:`check_labels`)."""
         if self.label_column is None:
             return None
-        return [int(v) for v in self.hf_dataset[self.label_column]]
+        import datasets
+
+        feature = self.hf_dataset.features[self.label_column]
+        limit = feature.num_classes if isinstance(feature, datasets.ClassLabel) else None
+        return check_labels(self.hf_dataset[self.label_column], self.label_column, limit)
 
     @property
     def num_classes(self) -> Optional[int]:
@@ -230,33 +237,91 @@ class ImageDataset:
             if isinstance(value, Image.Image):
                 image = value
             elif isinstance(value, dict):
+                if value.get("bytes") == b"":
+                    raise ValueError("zero-byte image")
                 if value.get("bytes") is not None:
-                    image = Image.open(io.BytesIO(value["bytes"]))
+                    image = _open(io.BytesIO(value["bytes"]))
                 elif value.get("path"):
-                    image = Image.open(value["path"])
+                    image = _open(value["path"])
                 else:
                     raise ValueError("empty image record")
             elif isinstance(value, (bytes, bytearray)):
-                image = Image.open(io.BytesIO(value))
+                if not value:
+                    raise ValueError("zero-byte image")
+                image = _open(io.BytesIO(value))
             elif isinstance(value, str):
-                image = Image.open(value)
+                image = _open(value)
             else:
                 raise ValueError(f"unsupported image value of type {type(value).__name__}")
+            _check_size(image)
             image.load()
             return _to_rgb(image)
         except Exception as exc:  # any decoder failure becomes one well-named error
             raise UnreadableImageError(index, f"{type(exc).__name__}: {exc}") from exc
 
 
+def _open(fp) -> Image.Image:
+    """``Image.open`` (lazy: reads the header only) without Pillow's bomb *warning*; :func:`_check_size` refuses."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(fp)
+
+
+def _check_size(image: Image.Image) -> None:
+    """Refuse images above Pillow's decompression-bomb limit before decoding a single pixel.
+
+    Pillow only *warns* between ``MAX_IMAGE_PIXELS`` and twice that (a 10000x10000 image decodes to
+    300 MB of RGB); here anything above the limit is an unreadable image, so memory stays bounded.
+    Raise ``PIL.Image.MAX_IMAGE_PIXELS`` to train on larger images on purpose.
+    """
+    width, height = image.size
+    limit = Image.MAX_IMAGE_PIXELS
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image has no pixels ({width}x{height})")
+    if limit is not None and width * height > limit:
+        raise ValueError(f"{width}x{height} pixels exceed PIL.Image.MAX_IMAGE_PIXELS ({limit}, the "
+                         "decompression-bomb limit)")
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB; 16/32-bit integer images are scaled (not clipped) to 8 bits, alpha is put on white."""
     if image.mode == "RGB":
         return image
+    if image.mode.startswith("I"):  # I;16, I;16B, I;16L (16-bit PNG) or I (32-bit)
+        import numpy as np
+
+        pixels = np.asarray(image).astype(np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or pixels.max(initial=0) <= 65535 else float(pixels.max())
+        return Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.split()[-1])
         return background
     return image.convert("RGB")
+
+
+def check_labels(values, column: str, num_classes: Optional[int] = None) -> List[int]:
+    """Integer labels in ``[0, num_classes)``; a missing, string, fractional or out-of-range one is refused.
+
+    Refused, not guessed: mapping string labels to ids per split would give the train and test splits
+    different ids as soon as a class is missing from one of them, and kNN/linear top-1 would be wrong.
+    """
+    labels = []
+    for index, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float)
+                                                                            and not value.is_integer()):
+            hint = ("cast it to a ClassLabel (datasets' class_encode_column) or pick another --label-column"
+                    if isinstance(value, str) else "pick another --label-column")
+            raise ValueError(f"label column '{column}' holds {value!r} at index {index}, not an integer class id; "
+                             f"{hint}")
+        label = int(value)
+        if label < 0 or (num_classes is not None and label >= num_classes):
+            bound = f"[0, {num_classes})" if num_classes is not None else "non-negative"
+            raise ValueError(f"label column '{column}' holds {label} at index {index}, outside {bound}; "
+                             "drop those rows or pick another --label-column")
+        labels.append(label)
+    return labels
 
 
 def subset_indices(length: int, max_samples: int, seed: int = 0) -> List[int]:
@@ -280,7 +345,12 @@ def load_image_dataset(source: Optional[str] = None, split: Optional[str] = None
     """
     import datasets
 
-    ds = _load_raw(source, split)
+    try:
+        ds = _load_raw(source, split)
+    except ValueError as exc:  # datasets' wording for a parquet file with zero rows
+        if "corresponds to no data" not in str(exc):
+            raise
+        raise ValueError(f"dataset {source!r} split {split or 'train'!r} is empty") from None
     image_col = _find_column(ds, image_column, IMAGE_COLUMN_NAMES, datasets.Image, "image")
     label_col = _find_column(ds, label_column, LABEL_COLUMN_NAMES, datasets.ClassLabel, "label")
     if isinstance(ds.features[image_col], datasets.Image):
@@ -289,4 +359,6 @@ def load_image_dataset(source: Optional[str] = None, split: Optional[str] = None
         ds = ds.select(subset_indices(len(ds), max_samples))
     if len(ds) == 0:
         raise ValueError(f"dataset {source!r} split {split or 'train'!r} is empty")
-    return ImageDataset(ds, image_col, label_col, str(source or "sample"), str(ds.split) if ds.split else (split or "train"))
+    images = ImageDataset(ds, image_col, label_col, str(source or "sample"), str(ds.split) if ds.split else (split or "train"))
+    images.labels  # refuse bad labels now, not after hours of training
+    return images

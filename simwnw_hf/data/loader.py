@@ -30,8 +30,10 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 class ViewDataset(Dataset):
     """Augmented views of an :class:`ImageDataset`; an unreadable image yields ``None`` (dropped in collate)."""
 
-    def __init__(self, images: ImageDataset, transform, seed: int = 0):
+    def __init__(self, images: ImageDataset, transform, seed: int = 0, probe: int = 16):
         self.images, self.transform, self.seed, self.epoch = images, transform, seed, 0
+        if probe:
+            require_decodable(images, probe)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -48,6 +50,24 @@ class ViewDataset(Dataset):
         sample = self.transform(image, generator)
         sample["index"] = index
         return sample
+
+
+def require_decodable(images: ImageDataset, n: int = 16) -> None:
+    """Refuse up front a dataset whose first ``n`` images all fail to decode (wrong column, missing files).
+
+    Unreadable images are otherwise skipped and counted one by one; when none decodes, skipping would
+    only hide that the run is training on nothing.
+    """
+    first = None
+    for index in range(min(n, len(images))):
+        try:
+            images.get_image(index)
+            return
+        except UnreadableImageError as err:
+            first = first or err
+    if first is not None:
+        raise ValueError(f"none of the first {min(n, len(images))} images of {images.source} decode ({first}); "
+                         f"check --image-column ('{images.image_column}') and that the image files exist")
 
 
 class SkipUnreadable:

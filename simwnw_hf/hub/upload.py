@@ -94,6 +94,9 @@ def validate_folder(folder: Union[str, Path]) -> dict:
     import simwnw_hf  # noqa: F401  (registers simwnw_* architectures)
 
     folder = Path(folder)
+    if folder.name.startswith(".") and (".tmp-" in folder.name or ".old-" in folder.name):
+        raise FolderValidationError(f"{folder} is a temporary folder of an interrupted export_run, not an export; "
+                                    "export the run again")
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
         raise FolderValidationError(f"{folder} is missing {missing}; export a run with hub_upload.py RUN_DIR "
@@ -181,7 +184,8 @@ def _upload_folder(folder: Path, repo_id: str, *, private: bool, revision: Optio
                    endpoint: Optional[str]) -> str:
     if constants.is_offline_mode():
         raise EndpointUnreachableError("HF_HUB_OFFLINE is set: unset it (or use --dry-run) to upload")
-    api = HfApi(endpoint=endpoint, token=_token(token))
+    secret = _token(token)
+    api = HfApi(endpoint=endpoint, token=secret)
     try:
         if _has_weights(api, repo_id, revision) and not force:
             raise RepoExistsError(f"{repo_id} already holds {WEIGHTS_FILE}"
@@ -191,25 +195,49 @@ def _upload_folder(folder: Path, repo_id: str, *, private: bool, revision: Optio
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
                                  commit_message=commit_message or f"Upload {folder.name} with simwnw_hf hub_upload.py")
+    except HubUploadError:  # ours (RepoExistsError): already one clear line
+        raise
     except OfflineModeIsEnabled:
         raise EndpointUnreachableError("HF_HUB_OFFLINE is set: unset it (or use --dry-run) to upload") from None
     except TRANSPORT_ERRORS as exc:  # connection refused, DNS, timeout, proxy, not a URL
         if type(exc).__name__ in ("UnsupportedProtocol", "InvalidURL", "MissingSchema"):
             raise EndpointUnreachableError(f"the Hub endpoint {api.endpoint!r} is not an http(s) URL; "
                                            "check HF_ENDPOINT") from None
-        raise EndpointUnreachableError(f"cannot reach the Hub at {api.endpoint} ({type(exc).__name__}); check the "
-                                       "network connection and HF_ENDPOINT") from None
+        if type(exc).__name__ in ("ConnectError", "ConnectTimeout", "ConnectionError"):
+            raise EndpointUnreachableError(f"cannot reach the Hub at {api.endpoint} ({type(exc).__name__}); check "
+                                           "the network connection and HF_ENDPOINT") from None
+        # reached, then the connection dropped or stalled: the server may or may not have taken the commit
+        raise HubUploadError(f"the connection to the Hub at {api.endpoint} failed during the upload of {repo_id} "
+                             f"({type(exc).__name__}); the upload did not complete: run the same command again "
+                             "to retry") from None
     except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        if status == 401:
-            raise HubUploadError(f"the Hub at {api.endpoint} rejected the token (401) for {repo_id}; "
-                                 "check HF_TOKEN / `hf auth login`") from None
-        if status == 403:
-            raise HubUploadError(f"the token may not write to {repo_id} (403 Forbidden)") from None
-        raise HubUploadError(f"Hub request failed for {repo_id}: {exc}") from None
-    except ConnectionError as exc:  # raised by the Xet upload client
-        raise HubUploadError(f"upload of {repo_id} to {api.endpoint} failed: {exc}") from None
+        raise _http_error(exc, repo_id, api.endpoint, secret) from None
+    except (ConnectionError, RuntimeError) as exc:  # Xet client; "Error while uploading X" around an LFS failure
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, HfHubHTTPError):
+            raise _http_error(cause, repo_id, api.endpoint, secret, what=_one_line(exc, secret)) from None
+        detail = _one_line(exc, secret) + (f" ({type(cause).__name__}: {_one_line(cause, secret)})" if cause else "")
+        raise HubUploadError(f"upload of {repo_id} to {api.endpoint} did not complete: {detail}; "
+                             f"nothing was committed, run the same command again to retry") from None
     return info.commit_url
+
+
+def _one_line(exc: BaseException, secret: Optional[str] = None) -> str:
+    """The first line of an error message, with the token (should a library ever echo it) masked."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text.replace(secret, "***") if secret else text
+
+
+def _http_error(exc, repo_id: str, endpoint: str, secret: Optional[str], what: str = "") -> HubUploadError:
+    status = exc.response.status_code if exc.response is not None else None
+    if status == 401:
+        return HubUploadError(f"the Hub at {endpoint} rejected the token (401) for {repo_id}; "
+                              "check HF_TOKEN / `hf auth login`")
+    if status == 403:
+        return HubUploadError(f"the token may not write to {repo_id} (403 Forbidden)")
+    prefix = f"{what}: " if what else ""
+    return HubUploadError(f"Hub request failed for {repo_id} ({prefix}{_one_line(exc, secret)}); the upload did not "
+                          "complete and nothing was committed, run the same command again to retry")
 
 
 def upload(source: Union[str, Path], repo_id: str, *, private: bool = False, dry_run: bool = False,

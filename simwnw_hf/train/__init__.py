@@ -36,20 +36,22 @@ def run(cfg) -> dict:
     from accelerate import PartialState
 
     from .layout import EVAL_FILE, SUMMARY_FILE
+    from .run_files import write_json_atomic
     from .trainer import train
 
     summary = train(cfg)
     if cfg.knn_eval and summary.get("labelled") and PartialState().is_main_process:
         out = Path(cfg.output_dir)
         summary["eval"] = {"knn": final_knn(cfg)}
-        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-        (out / EVAL_FILE).write_text(json.dumps(summary["eval"], indent=2))
+        write_json_atomic(out / SUMMARY_FILE, summary)
+        write_json_atomic(out / EVAL_FILE, summary["eval"])
         print(json.dumps({"knn_top1": summary["eval"]["knn"]["top1"], "output_dir": str(out)}))
     return summary
 
 
 def main(framework: str, argv=None) -> dict:
     """Entry point of ``training/<framework>.py``: parse flags into a TrainConfig and :func:`run` it."""
+    from .checkpoint import CheckpointWriteError
     from .config import parse_config
 
     defaults = {"framework": framework, "output_dir": f"runs/{framework}"}
@@ -58,6 +60,6 @@ def main(framework: str, argv=None) -> dict:
     try:
         cfg = parse_config(argv, defaults, description=f"{framework} self-supervised pre-training")
         return run(cfg)
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+    except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError, CheckpointWriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2)

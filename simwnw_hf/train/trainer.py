@@ -34,10 +34,12 @@ from simwnw_hf.pruning import PairStats, pruning_record, reported_ratios
 from simwnw_hf.ssl.base import ADAMW_LR, ADAMW_WEIGHT_DECAY
 from simwnw_hf.ssl.frameworks import FRAMEWORKS
 
-from .checkpoint import latest_checkpoint, list_checkpoints, load_trainer_state, save_checkpoint
+from .checkpoint import (checkpoint_dirs, find_resumable_checkpoint, load_trainer_state, remove_leftovers,
+                         save_checkpoint)
 from .config import TrainConfig
 from .flops import dense_step_flops
 from .layout import METRICS_FILE, RUN_CONFIG_FILE, SUMMARY_FILE
+from .run_files import append_metrics, check_finite, check_resume_config, truncate_metrics, write_json_atomic
 from .summary import COUNTER_KEYS, cost_summary
 
 
@@ -181,6 +183,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loader: DataLoader
+    views: ViewDataset
     images: ImageDataset
     pruning: dict                     # resolved pruning record
     total_steps: int
@@ -191,22 +194,21 @@ class Run:
     window: _Window = field(default_factory=_Window)
 
     @property
+    def params(self) -> list:
+        """Trainable parameters, whose gradients the finite check covers."""
+        return [p for p in self.unwrapped.parameters() if p.requires_grad]
+
+    @property
     def metrics_path(self) -> Path:
         return self.out / METRICS_FILE
 
 
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """On resume, drop log lines written after the checkpoint we resume from."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
-
-
 def _check_output_dir(cfg: TrainConfig, out: Path) -> None:
-    if list_checkpoints(out) and not cfg.resume:
+    if checkpoint_dirs(out) and not cfg.resume:
         raise FileExistsError(f"{out} already holds checkpoints; pass --resume to continue that run "
                               f"or choose another --output-dir (nothing was overwritten)")
+    if cfg.resume:  # every process, before any work: a mismatch must not leave one process waiting
+        check_resume_config(out / RUN_CONFIG_FILE, cfg.to_dict())
 
 
 def _build_loader(cfg: TrainConfig, views: ViewDataset, num_processes: int) -> DataLoader:
@@ -225,8 +227,13 @@ def _total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
 
 
 def _resume(run: Run) -> None:
-    """Load the newest complete checkpoint's state into ``run`` when ``--resume`` asks for it."""
-    if not run.cfg.resume or (ckpt := latest_checkpoint(run.out)) is None:
+    """Load the newest verified checkpoint's state into ``run`` when ``--resume`` asks for it."""
+    if not run.cfg.resume:
+        return
+    ckpt = find_resumable_checkpoint(run.out, expect={"architecture": run.cfg.model, "framework": run.cfg.framework},
+                                     shapes=run.unwrapped.backbone.state_dict())
+    if ckpt is None:
+        run.accelerator.print(f"--resume: no checkpoint in {run.out} yet; starting from step 0")
         return
     run.accelerator.load_state(str(ckpt / "training_state"))
     state = load_trainer_state(ckpt)
@@ -239,8 +246,9 @@ def _resume(run: Run) -> None:
 def _write_run_config(run: Run) -> None:
     if run.accelerator.is_main_process:
         run.out.mkdir(parents=True, exist_ok=True)
-        (run.out / RUN_CONFIG_FILE).write_text(json.dumps(run.cfg.to_dict(), indent=2))
-        _truncate_metrics(run.metrics_path, run.step)
+        remove_leftovers(run.out)
+        write_json_atomic(run.out / RUN_CONFIG_FILE, run.cfg.to_dict())
+        truncate_metrics(run.metrics_path, run.step)
 
 
 def build_run(cfg: TrainConfig) -> Run:
@@ -259,7 +267,7 @@ def build_run(cfg: TrainConfig) -> Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, cfg.warmup_steps))
     model, optimizer, loader, scheduler = accelerator.prepare(framework, optimizer, loader, scheduler)
     run = Run(cfg=cfg, accelerator=accelerator, out=out, model=model, unwrapped=accelerator.unwrap_model(model),
-              optimizer=optimizer, scheduler=scheduler, loader=loader, images=images,
+              optimizer=optimizer, scheduler=scheduler, loader=loader, views=views, images=images,
               pruning=resolved_pruning(backbone, cfg), total_steps=total_steps, steps_per_epoch=len(loader))
     _resume(run)
     _write_run_config(run)
@@ -286,9 +294,8 @@ def train_step(run: Run, batch):
     """One optimizer step; returns ``(loss, PairStats)``. Progress reaches the framework explicitly."""
     run.unwrapped.set_progress(run.step / run.total_steps)
     loss, stats = run.model(batch)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss.item()} at step {run.step}; lower --lr or check the data")
     run.accelerator.backward(loss)
+    check_finite(run.accelerator, loss, run.params, run.step + 1, run.out)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.scheduler.step()
@@ -355,8 +362,7 @@ def log_record(run: Run, epoch: int) -> dict:
 
 def write_metrics(run: Run, record: dict) -> None:
     if run.accelerator.is_main_process:
-        with open(run.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_metrics(run.metrics_path, record)
 
 
 def maybe_log(run: Run, epoch: int, bar) -> None:
@@ -387,6 +393,7 @@ def _epoch_batches(run: Run, epoch: int):
     done = run.step % run.steps_per_epoch
     loader = run.accelerator.skip_first_batches(run.loader, done) if done else run.loader
     loader.set_epoch(epoch)
+    run.views.set_epoch(epoch)  # accelerate's skip_first_batches loader does not pass the epoch on to the dataset
     return loader
 
 
@@ -398,6 +405,7 @@ def train(cfg: TrainConfig) -> dict:
     run.model.train()
     while run.step < run.total_steps:
         epoch = run.step // run.steps_per_epoch
+        steps_before = run.step
         for batch in _epoch_batches(run, epoch):
             _count_skipped(run, batch.pop("skipped"))
             if "views" not in batch:  # every image of this batch was unreadable
@@ -413,6 +421,8 @@ def train(cfg: TrainConfig) -> dict:
             maybe_save(run)
             if run.step >= run.total_steps:
                 break
+        if run.step == steps_before:  # every batch of the epoch was unreadable: looping again would never end
+            raise ValueError(f"no image of epoch {epoch} could be decoded (see the 'skipping' warnings)")
     bar.close()
     return finish_run(run)
 
@@ -458,7 +468,7 @@ def finish_run(run: Run) -> dict:
     summary = run_summary(run)
     summary["replica_checksums"] = _replica_checksums(acc, run.unwrapped.backbone)
     if acc.is_main_process:
-        (run.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        write_json_atomic(run.out / SUMMARY_FILE, summary)
     acc.wait_for_everyone()
     acc.end_training()
     return summary
