@@ -11,7 +11,7 @@ from torch.utils.data import default_collate
 import simwnw_hf  # noqa: F401  (registers simwnw_* models)
 from simwnw_hf.data.geometry import make_geometry
 from simwnw_hf.models.resnet import SimWnWResNet
-from simwnw_hf.simwnw.masks import stage_masks
+from simwnw_hf.models.resnet_pair import stage_masks
 from simwnw_hf.ssl.pair import encode_pair, finalize_stats, supports_pair_pruning
 
 

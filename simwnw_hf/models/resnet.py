@@ -6,7 +6,8 @@ stem (3x3 stride-1 conv, no max-pool) used by SimCLR/SimSiam for 32px images.
 
 SSL training adds the pair path (paper §4): ``forward_pair(x1, x2, g1, g2)`` block-matches the two
 views (``simwnw.block_matching``), removes similar blocks from both, and runs the reference masked
-execution with waxing-and-waning (``simwnw.masked_exec``, ``simwnw.masks``); its stats report the
+execution with waxing-and-waning (walker ``models.resnet_pair``, mechanisms ``simwnw.masked_exec``,
+``simwnw.lean_exec``, ``simwnw.masks``); its stats report the
 FLOPs saved (``simwnw.flops``). The contract is in ``simwnw_hf/ssl/pair.py`` and docs/DESIGN.md.
 """
 
@@ -24,8 +25,9 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from simwnw_hf.data.views import denormalize
 from simwnw_hf.simwnw.block_matching import match_blocks
 from simwnw_hf.simwnw.flops import trace_flops
-from simwnw_hf.simwnw.masked_exec import masked_forward_features
 from simwnw_hf.simwnw.masks import pair_expander
+
+from .resnet_pair import select_executor, wax_for_executor
 
 __all__ = ["SimWnWResNet", "PairPruningConfig"]
 
@@ -41,12 +43,15 @@ class PairPruningConfig:
     psnr_threshold: dB; blocks and feature-map rings at or above it are removed.
     search_window: side of the block search region in view 2 (None: 2 x block size).
     max_rings: most rings waxed per conv input (see ``simwnw.masks``).
+    executor: pair-path executor (``models.resnet_pair.select_executor``): ``lean`` (default, same
+        numbers as the reference with less bookkeeping), ``reference`` (the definition) or ``auto``.
     """
 
     block_size: Optional[int] = None
     psnr_threshold: float = 20.0
     search_window: Optional[int] = None
     max_rings: int = 2
+    executor: str = "lean"
 
     def __post_init__(self):
         if self.block_size is not None and self.block_size < 1:
@@ -55,6 +60,7 @@ class PairPruningConfig:
             raise ValueError(f"search_window must be positive, got {self.search_window}")
         if self.max_rings < 0:
             raise ValueError(f"max_rings must be >= 0, got {self.max_rings}")
+        select_executor(self.executor)  # one clear line for an unknown name
 
 
 class SimWnWResNet(ResNet):
@@ -112,9 +118,11 @@ class SimWnWResNet(ResNet):
             match = match_blocks(self._pixels(x1.detach()), self._pixels(x2.detach()), g1, g2,
                                  block_size=cfg.block_size, psnr_threshold=cfg.psnr_threshold,
                                  search_window=cfg.search_window)
+        executor = select_executor(cfg.executor)
         expand = pair_expander(match.src_yx, match.match_yx, match.similar, match.block_size,
-                               tuple(x1.shape[-2:]), cfg.psnr_threshold, cfg.max_rings)
-        hs, _, trace = masked_forward_features(self, [x1, x2], [match.mask1, match.mask2], expand)
+                               tuple(x1.shape[-2:]), cfg.psnr_threshold, cfg.max_rings,
+                               wax_fn=wax_for_executor(cfg.executor))
+        hs, _, trace = executor(self, [x1, x2], [match.mask1, match.mask2], expand)
         return match, tuple(hs), trace
 
     def forward_pair(self, x1: torch.Tensor, x2: torch.Tensor, g1, g2

@@ -99,7 +99,7 @@ def _stage_masks(model_name: Optional[str], v1, v2, g1, g2, settings: dict) -> O
     if model_name is None:
         return None
     try:
-        from simwnw_hf.simwnw.masks import stage_masks
+        from simwnw_hf.models.resnet_pair import stage_masks
     except ImportError as exc:
         print(f"note: per-stage masks skipped ({exc}); waxing-and-waning is not available")
         return None
