@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from timm.models.resnet import BasicBlock, Bottleneck
 
-from simwnw_hf.simwnw.lean_exec import lean_batch_norm, lean_conv2d, wax_compact
+from simwnw_hf.simwnw.lean_exec import lean_batch_norm, lean_conv2d, wax_compact, zero_by_mask
 from simwnw_hf.simwnw.masks import wane, wax
 from simwnw_hf.simwnw.masked_exec import (
     ConvRecord, Expand, MaskRecord, WaxRecord, masked_batch_norm, masked_conv2d, masked_max_pool2d, zero_removed,
@@ -92,7 +92,7 @@ class _Ops:
         trace.append(WaxRecord(name, overhead))
         trace.append(MaskRecord(f"{name}:waxed", new[0], new[1]))
         if self.lean:  # zero only where the mask grew (same tensor back: nothing was added)
-            return [h if n is r else zero_removed(h, n) for h, r, n in zip(hs, rs, new)], list(new)
+            return [h if n is r else zero_by_mask(h, n) for h, r, n in zip(hs, rs, new)], list(new)
         return [zero_removed(h, n) for h, n in zip(hs, new)], list(new)
 
 
