@@ -170,9 +170,11 @@ def test_wax_compact_equals_wax_on_matched_masks():
     r2 = _paint(match // 2, similar, blk, h, w)[:, None]
     h1 = torch.randn(b, c, h, w)
     h2 = h1 + 0.3 * torch.randn_like(h1) * torch.rand(1, c, 1, 1)  # some channels similar
-    for thr in (10.0, 20.0, 40.0):
-        ref = wax(h1, h2, r1, r2, corr, thr, 2)
-        lean = wax_compact(h1, h2, r1, r2, corr, thr, 2)
+    r1c = r1.expand(b, c, h, w).clone()
+    r1c[:, ::2, :3] = True  # per-channel input masks too
+    for thr, m1 in ((10.0, r1), (20.0, r1), (40.0, r1), (10.0, r1c), (20.0, r1c)):
+        ref = wax(h1, h2, m1, r2, corr, thr, 2)
+        lean = wax_compact(h1, h2, m1, r2, corr, thr, 2)
         assert torch.equal(_full(lean.removed1, c), ref.removed1) and torch.equal(_full(lean.removed2, c), ref.removed2)
         assert float(lean.compared_pairs) == float(ref.compared_pairs)
         assert float(lean.overhead_flops) == pytest.approx(float(ref.overhead_flops))

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .masked_exec import masked_batch_norm, zero_removed
-from .masks import PEAK_FLOPS, PSNR_PAIR_FLOPS, Correspondence, WaxResult, active_inputs, ring_distance, wax
+from .masks import PEAK_FLOPS, PSNR_PAIR_FLOPS, Correspondence, WaxResult, active_inputs, ring_distance
 
 __all__ = ["lean_conv2d", "lean_batch_norm", "wax_compact", "compact_mask", "zero_by_mask"]
 
@@ -141,10 +141,9 @@ def wax_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, remo
                 corr: Correspondence, psnr_threshold: float = 20.0, max_rings: int = 2) -> WaxResult:
     """``masks.wax`` with compact masks: the same removal, comparing ring pixels only.
 
-    With one mask per position in both views (``(B, 1, H, W)``) the ring pixels are the same in all
-    channels, so only those pixels (a thin band around the removed region) are gathered and compared,
-    block sums are ``index_add`` over (image, block), and the masks stay ``(B, 1, H, W)`` when no ring
-    passes in any channel. Per-channel input masks go through the reference :func:`masks.wax`.
+    Only the pixels that lie in a ring of some channel (a thin band around the removed region) are
+    gathered and compared, block sums are ``index_add`` over (image, block), and masks stay
+    ``(B, 1, H, W)`` when they were and no ring passes in any channel (or when all channels agree).
     Returned masks may be ``(B, 1, H, W)``; expanded over channels they equal ``wax``'s.
     """
     if h1.shape != h2.shape or h1.dim() != 4:
@@ -154,9 +153,6 @@ def wax_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, remo
     bsz, ch, h, w = h1.shape
     if corr.owner.shape != (bsz, h * w):
         raise ValueError(f"correspondence is for {tuple(corr.owner.shape)} pixels, feature map is {bsz}x{h}x{w}")
-    if removed1.shape[1] != 1 or removed2.shape[1] != 1:
-        res = wax(h1, h2, removed1, removed2, corr, psnr_threshold, max_rings)
-        return WaxResult(compact_mask(res.removed1), compact_mask(res.removed2), res.compared_pairs, res.overhead_flops)
     zero = torch.zeros((), device=h1.device)
     if max_rings == 0 or corr.num_blocks == 0:
         return WaxResult(removed1, removed2, zero, zero)
@@ -164,10 +160,11 @@ def wax_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, remo
         a1 = h1.detach().float().reshape(bsz, ch, h * w)
         a2 = h2.detach().float().reshape(bsz, ch, h * w)
         peak_flops = PEAK_FLOPS * 2 * a1.numel()
-        r1 = removed1.reshape(bsz, h * w)
-        r2 = removed2.reshape(bsz, h * w)
-        dist = ring_distance(removed1, max_rings).reshape(bsz, h * w)
-        cand = (dist >= 1) & (dist <= max_rings) & corr.valid  # pixels that can be in a ring
+        c1, c2 = removed1.shape[1], removed2.shape[1]  # 1 (shared by all channels) or C
+        r1 = removed1.reshape(bsz, c1, h * w)
+        r2 = removed2.reshape(bsz, c2, h * w)
+        dist = ring_distance(removed1, max_rings).reshape(bsz, c1, h * w)
+        cand = ((dist >= 1) & (dist <= max_rings)).any(dim=1) & corr.valid  # pixels in a ring of some channel
         bi, pi = cand.nonzero(as_tuple=True)
         if bi.numel() == 0:
             return WaxResult(removed1, removed2, zero, zero + peak_flops)
@@ -175,16 +172,16 @@ def wax_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, remo
         mse_limit = peak.square() * 10.0 ** (-psnr_threshold / 10.0)
         ti = corr.target[bi, pi]
         slot = bi * corr.num_blocks + corr.owner[bi, pi]  # (P,) flat (image, block)
-        ring_k = dist[bi, pi]
-        comparable = ~r2[bi, ti]  # counterpart not removed in view 2
+        ring_k = dist[bi, :, pi]  # (P, C|1)
+        comparable = ~r2[bi, :, ti]  # (P, C|1): counterpart not removed in view 2
         sq_err = (a1[bi, :, pi] - a2[bi, :, ti]).square()  # (P, C)
         nslots = bsz * corr.num_blocks
         alive = torch.ones(nslots, ch, dtype=torch.bool, device=h1.device)
         add = torch.zeros(bi.numel(), ch, dtype=torch.bool, device=h1.device)
         compared = torch.zeros((), device=h1.device)
         for k in range(1, max_rings + 1):
-            ring = (ring_k == k)[:, None] & alive[slot]  # (P, C)
-            compare = ring & comparable[:, None]
+            ring = (ring_k == k) & alive[slot]  # (P, C)
+            compare = ring & comparable
             cf = compare.float()
             se = torch.zeros(nslots, ch, device=h1.device).index_add_(0, slot, sq_err * cf)
             cnt = torch.zeros(nslots, ch, device=h1.device).index_add_(0, slot, cf)
@@ -195,9 +192,9 @@ def wax_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, remo
         flops = PSNR_PAIR_FLOPS * compared + peak_flops
         if not bool(add.any()):
             return WaxResult(removed1, removed2, compared, flops)
-        new1 = r1[:, None, :].expand(bsz, ch, h * w).clone()
+        new1 = r1.expand(bsz, ch, h * w).clone()
         new1[bi, :, pi] |= add
-        new2 = r2[:, None, :].expand(bsz, ch, h * w).clone()
+        new2 = r2.expand(bsz, ch, h * w).clone()
         hit = add.nonzero(as_tuple=True)  # (p, c) pairs added: mark their view-2 counterparts
         new2[bi[hit[0]], hit[1], ti[hit[0]]] = True
     return WaxResult(compact_mask(new1.view(bsz, ch, h, w)), compact_mask(new2.view(bsz, ch, h, w)), compared, flops)
