@@ -165,36 +165,38 @@ def wax_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, remo
         r2 = removed2.reshape(bsz, c2, h * w)
         dist = ring_distance(removed1, max_rings).reshape(bsz, c1, h * w)
         cand = ((dist >= 1) & (dist <= max_rings)).any(dim=1) & corr.valid  # pixels in a ring of some channel
-        bi, pi = cand.nonzero(as_tuple=True)
-        if bi.numel() == 0:
+        counts = cand.sum(dim=1)
+        width = int(counts.max())
+        if width == 0:
             return WaxResult(removed1, removed2, zero, zero + peak_flops)
         peak = torch.maximum(torch.maximum(-a1.amin(2), a1.amax(2)), torch.maximum(-a2.amin(2), a2.amax(2)))  # max |a|
-        mse_limit = peak.square() * 10.0 ** (-psnr_threshold / 10.0)
-        ti = corr.target[bi, pi]
-        slot = bi * corr.num_blocks + corr.owner[bi, pi]  # (P,) flat (image, block)
-        ring_k = dist[bi, :, pi]  # (P, C|1)
-        comparable = ~r2[bi, :, ti]  # (P, C|1): counterpart not removed in view 2
-        sq_err = (a1[bi, :, pi] - a2[bi, :, ti]).square()  # (P, C)
-        nslots = bsz * corr.num_blocks
-        alive = torch.ones(nslots, ch, dtype=torch.bool, device=h1.device)
-        add = torch.zeros(bi.numel(), ch, dtype=torch.bool, device=h1.device)
+        mse_limit = peak.square() * 10.0 ** (-psnr_threshold / 10.0)  # (B, C)
+        # the candidate pixels of each image first (padded to the widest image): gather/scatter along
+        # the last dim stay fast kernels, unlike advanced indexing over (image, :, pixel)
+        pos = torch.sort(cand.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]  # (B, P)
+        real = torch.arange(width, device=h1.device)[None] < counts[:, None]  # (B, P) not padding
+        tgt = corr.target.gather(1, pos)
+        owner = corr.owner.gather(1, pos).clamp(min=0)[:, None, :].expand(bsz, ch, width)
+        ring_k = torch.where(real[:, None], dist.gather(2, pos[:, None, :].expand(bsz, c1, width)), 0)  # (B, C|1, P)
+        comparable = ~r2.gather(2, tgt[:, None, :].expand(bsz, c2, width))  # counterpart not removed in view 2
+        pos_c, tgt_c = pos[:, None, :].expand(bsz, ch, width), tgt[:, None, :].expand(bsz, ch, width)
+        sq_err = (a1.gather(2, pos_c) - a2.gather(2, tgt_c)).square()  # (B, C, P)
+        alive = torch.ones(bsz, ch, corr.num_blocks, dtype=torch.bool, device=h1.device)
+        add = torch.zeros(bsz, ch, width, dtype=torch.bool, device=h1.device)
         compared = torch.zeros((), device=h1.device)
         for k in range(1, max_rings + 1):
-            ring = (ring_k == k) & alive[slot]  # (P, C)
-            compare = ring & comparable
-            cf = compare.float()
-            se = torch.zeros(nslots, ch, device=h1.device).index_add_(0, slot, sq_err * cf)
-            cnt = torch.zeros(nslots, ch, device=h1.device).index_add_(0, slot, cf)
-            limit = mse_limit.repeat_interleave(corr.num_blocks, dim=0)  # (B*nb, C)
-            alive = alive & (se <= limit * cnt)
-            add |= ring & alive[slot]
+            ring = (ring_k == k) & alive.gather(2, owner)  # (B, C, P) ring pixels of still-growing blocks
+            cf = (ring & comparable).float()
+            se = torch.zeros(bsz, ch, corr.num_blocks, device=h1.device).scatter_add_(2, owner, sq_err * cf)
+            cnt = torch.zeros_like(se).scatter_add_(2, owner, cf)
+            alive = alive & (se <= mse_limit[..., None] * cnt)  # per (image, channel, block)
+            add |= ring & alive.gather(2, owner)
             compared += cnt.sum()
         flops = PSNR_PAIR_FLOPS * compared + peak_flops
         if not bool(add.any()):
             return WaxResult(removed1, removed2, compared, flops)
-        new1 = r1.expand(bsz, ch, h * w).clone()
-        new1[bi, :, pi] |= add
-        new2 = r2.expand(bsz, ch, h * w).clone()
-        hit = add.nonzero(as_tuple=True)  # (p, c) pairs added: mark their view-2 counterparts
-        new2[bi[hit[0]], hit[1], ti[hit[0]]] = True
+        new1 = r1 | torch.zeros(bsz, ch, h * w, dtype=torch.bool, device=h1.device).scatter_(2, pos_c, add)
+        # the same ring pixels at their counterparts in view 2 (two pixels may share one counterpart)
+        new2 = r2 | torch.zeros(bsz, ch, h * w, dtype=torch.uint8, device=h1.device).scatter_reduce_(
+            2, tgt_c, add.to(torch.uint8), reduce="amax").bool()
     return WaxResult(compact_mask(new1.view(bsz, ch, h, w)), compact_mask(new2.view(bsz, ch, h, w)), compared, flops)
