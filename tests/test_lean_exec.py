@@ -106,6 +106,7 @@ def _compare(block, cifar_stem, size, train, masks_kind, threshold=20.0, rings=2
             assert torch.equal(_full(ma, ch), _full(mc, ch))
     fr, fl = trace_flops(tr), trace_flops(tl)
     assert fr == pytest.approx(fl, rel=1e-12)
+    assert fr["kept_flops"] <= fr["spatial_kept_flops"] <= fr["dense_flops"]  # triples are the finer grain
     # gradients: weights and kept input pixels
     for (name, pr), (_, pl) in zip(ref_model.named_parameters(), lean_model.named_parameters()):
         torch.testing.assert_close(pl.grad, pr.grad, rtol=1e-5, atol=1e-8, msg=name)

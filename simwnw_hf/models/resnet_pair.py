@@ -44,7 +44,7 @@ class _Ops:
     def conv(self, name, conv, hs, rs, trace, image_input=False):
         if not isinstance(conv, nn.Conv2d):
             raise NotImplementedError(f"{name}: masked execution needs an nn.Conv2d, got {type(conv).__name__}")
-        ys, outs, active, dense, input_grad = [], [], 0, 0, False
+        ys, outs, active, kept, dense, input_grad = [], [], 0, 0, 0, False
         for h, r in zip(hs, rs):
             if self.lean:
                 y, r_out, a = lean_conv2d(conv, h, r, zero_input=image_input)
@@ -53,12 +53,14 @@ class _Ops:
             ys.append(y)
             outs.append(r_out)
             active = active + a
+            kept = kept + (~r_out).sum()
             dense += h.shape[0] * h.shape[1] * y.shape[2] * y.shape[3]
             input_grad |= torch.is_grad_enabled() and h.requires_grad
         trace.append(ConvRecord(
             name=name, kernel_size=tuple(conv.kernel_size), in_channels=conv.in_channels,
             out_channels=conv.out_channels, groups=conv.groups, dense_triples=dense, active_triples=active,
-            input_grad=input_grad, weight_grad=torch.is_grad_enabled() and conv.weight.requires_grad))
+            input_grad=input_grad, weight_grad=torch.is_grad_enabled() and conv.weight.requires_grad,
+            kept_positions=kept))
         return ys, outs
 
     def bn_act(self, bn, act, hs, rs, name):

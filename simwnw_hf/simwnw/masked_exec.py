@@ -71,6 +71,7 @@ class ConvRecord:
     active_triples: torch.Tensor  # 0-d: triples whose window holds a kept pixel of that channel
     input_grad: bool  # autograd will compute grad-input (input requires grad)
     weight_grad: bool  # autograd will compute grad-weight
+    kept_positions: Optional[torch.Tensor] = None  # 0-d: output positions not removed (spatial granularity)
 
 
 @dataclass(frozen=True)
