@@ -176,22 +176,29 @@ def wax_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, remo
         pos = torch.sort(cand.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]  # (B, P)
         real = torch.arange(width, device=h1.device)[None] < counts[:, None]  # (B, P) not padding
         tgt = corr.target.gather(1, pos)
-        owner = corr.owner.gather(1, pos).clamp(min=0)[:, None, :].expand(bsz, ch, width)
-        ring_k = torch.where(real[:, None], dist.gather(2, pos[:, None, :].expand(bsz, c1, width)), 0)  # (B, C|1, P)
-        comparable = ~r2.gather(2, tgt[:, None, :].expand(bsz, c2, width))  # counterpart not removed in view 2
+        nb = corr.num_blocks
+        slot = (torch.arange(bsz, device=h1.device)[:, None] * nb + corr.owner.gather(1, pos).clamp(min=0)).reshape(-1)
         pos_c, tgt_c = pos[:, None, :].expand(bsz, ch, width), tgt[:, None, :].expand(bsz, ch, width)
-        sq_err = (a1.gather(2, pos_c) - a2.gather(2, tgt_c)).square()  # (B, C, P)
-        alive = torch.ones(bsz, ch, corr.num_blocks, dtype=torch.bool, device=h1.device)
-        add = torch.zeros(bsz, ch, width, dtype=torch.bool, device=h1.device)
+
+        def rows(t):  # (B, C|1, P) -> (B*P, C|1): channels contiguous, so block sums are row index_add
+            return t.transpose(1, 2).reshape(bsz * width, t.shape[1])
+
+        ring_k = rows(torch.where(real[:, None], dist.gather(2, pos[:, None, :].expand(bsz, c1, width)), 0))
+        comparable = rows(~r2.gather(2, tgt[:, None, :].expand(bsz, c2, width)))  # counterpart kept in view 2
+        sq_err = rows((a1.gather(2, pos_c) - a2.gather(2, tgt_c)).square())  # (B*P, C)
+        limit = mse_limit.repeat_interleave(nb, dim=0)  # (B*nb, C)
+        alive = torch.ones(bsz * nb, ch, dtype=torch.bool, device=h1.device)
+        add = torch.zeros(bsz * width, ch, dtype=torch.bool, device=h1.device)
         compared = torch.zeros((), device=h1.device)
         for k in range(1, max_rings + 1):
-            ring = (ring_k == k) & alive.gather(2, owner)  # (B, C, P) ring pixels of still-growing blocks
+            ring = (ring_k == k) & alive.index_select(0, slot)  # ring pixels of still-growing blocks
             cf = (ring & comparable).float()
-            se = torch.zeros(bsz, ch, corr.num_blocks, device=h1.device).scatter_add_(2, owner, sq_err * cf)
-            cnt = torch.zeros_like(se).scatter_add_(2, owner, cf)
-            alive = alive & (se <= mse_limit[..., None] * cnt)  # per (image, channel, block)
-            add |= ring & alive.gather(2, owner)
+            se = torch.zeros(bsz * nb, ch, device=h1.device).index_add_(0, slot, sq_err * cf)
+            cnt = torch.zeros_like(se).index_add_(0, slot, cf)
+            alive = alive & (se <= limit * cnt)  # per (image, block, channel)
+            add |= ring & alive.index_select(0, slot)
             compared += cnt.sum()
+        add = add.view(bsz, width, ch).transpose(1, 2)  # (B, C, P)
         flops = PSNR_PAIR_FLOPS * compared + peak_flops
         if not bool(add.any()):
             return WaxResult(removed1, removed2, compared, flops)
