@@ -92,8 +92,10 @@ class _KeptBatchNorm(torch.autograd.Function):
         c = x.shape[1]
         # ReLU's own backward kernel; y > 0 only at kept positions, so it also applies the mask
         g = torch.ops.aten.threshold_backward(gy, y, 0) if ctx.relu else gy * keep
-        dbias = g.sum(dim=(0, 2, 3))
-        dxhat = invstd * ((g * x).sum(dim=(0, 2, 3)) - mean * dbias)  # sum over kept of g * xhat
+        # sum g and sum g * xhat in one fused pass (native kernel; g is 0 where removed, so sums are over kept)
+        _, dxhat, dbias = torch.ops.aten.native_batch_norm_backward(
+            g, x, torch.ones_like(invstd) if weight is None else weight, None, None, mean, invstd, True, 0.0,
+            [False, True, True])
         w = invstd if weight is None else invstd * weight
         c2 = -w * invstd * dxhat / n
         c3 = -w * dbias / n - c2 * mean
