@@ -1,24 +1,21 @@
-"""SimWnW training-step cost: FLOPs ratio and wall-time ratio of the reference masked path vs dense.
+"""SimWnW training-step cost: wall time of dense vs reference vs lean executors, next to the FLOPs ratio.
 
-One SimSiam-style encoder step on a CIFAR-10 batch: both views through ``simwnw_resnet18_cifar``
-(pooled features), symmetric negative cosine with stop-gradient, backward. Compared:
+One SimSiam-style encoder step: both views through the encoder (pooled features), symmetric negative
+cosine with stop-gradient, backward. Variants, timed interleaved within every repeat (dense first,
+then each executor) so that drift on a shared machine hits all of them alike:
 
 * dense: ``encoder(x1)``, ``encoder(x2)``; FLOPs from ``torch.utils.flop_counter.FlopCounterMode``;
-* simwnw: ``encoder.forward_pair(x1, x2, g1, g2)`` (block matching + reference masked execution with
-  waxing-and-waning); FLOPs = dense step FLOPs - (stats.dense_flops - stats.kept_flops) +
-  stats.overhead_flops (the trainer's ``simwnw_flops``, docs/DESIGN.md).
+* reference / lean / auto: the pair path of ``SimWnWResNet.run_pair`` (block matching + masked
+  execution with waxing-and-waning) with that executor (``models.resnet_pair.select_executor``).
+  FLOPs = dense step FLOPs - (dense - kept backbone conv FLOPs) + overhead (matching + waxing).
 
-Wall time: the two variants are timed interleaved (dense, simwnw, dense, ...) and the ratio of
-medians is reported. The reference masked path runs DENSE convolutions plus mask bookkeeping, so it
-is expected to be slower than dense: its FLOPs saving is what a sparse executor could realise, not
-what this code realises. The time split of the simwnw step (matching / masked forward / backward)
-is reported too.
+``--force-removal P`` replaces the block-matching decision by a random one removing about P of the
+input blocks (the matched positions are kept, so view 2 removes the matched blocks): it shows what
+the executors cost at removal levels the 20 dB test rarely reaches at random init.
 
-Commands used for ``benchmarks/results/simwnw_step.md`` (the second appends a FLOPs-only sweep over
-the waxing bound and the threshold, same batch)::
-
-    PYTHONPATH=. python benchmarks/simwnw_step.py --out benchmarks/results/simwnw_step.md
-    PYTHONPATH=. python benchmarks/simwnw_step.py --sweep --out benchmarks/results/simwnw_step.md
+Rows report the median step time with its min-max over repeats, and the median (min-max) over
+repeats of the ratio to the dense step of the same repeat (neighbours in time, so drift cancels).
+``match`` is block matching's share of the dense step (median times). Commands for ``benchmarks/results/simwnw_step.md`` are in that file.
 """
 
 from __future__ import annotations
@@ -38,9 +35,10 @@ from torch.utils.flop_counter import FlopCounterMode
 import simwnw_hf  # noqa: F401  (registers simwnw_* models)
 from simwnw_hf.data.datasets import load_image_dataset
 from simwnw_hf.data.views import TwoViewTransform
-from simwnw_hf.simwnw.block_matching import match_blocks
+from simwnw_hf.models.resnet_pair import select_executor, wax_for_executor
+from simwnw_hf.simwnw.block_matching import match_blocks, removal_masks
 from simwnw_hf.simwnw.flops import trace_flops
-from simwnw_hf.simwnw.masked_exec import ConvRecord
+from simwnw_hf.simwnw.masks import pair_expander
 
 
 def simsiam_loss(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
@@ -62,133 +60,95 @@ def dense_step(model, x1, x2):
     simsiam_loss(model(x1), model(x2)).backward()
 
 
-def simwnw_step(model, x1, x2, g1, g2):
+def pair_step(model, x1, x2, g1, g2, executor: str, force: float | None = None, seed: int = 0):
+    """One SimWnW step as ``run_pair`` + ``forward_pair`` do it; returns (stats, seconds spent matching)."""
     model.zero_grad(set_to_none=True)
-    f1, f2, stats = model.forward_pair(x1, x2, g1, g2)
-    simsiam_loss(f1, f2).backward()
-    return stats
+    cfg = model.pair_pruning
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        match = match_blocks(model._pixels(x1), model._pixels(x2), g1, g2, block_size=cfg.block_size,
+                             psnr_threshold=cfg.psnr_threshold, search_window=cfg.search_window)
+    t_match = time.perf_counter() - t0
+    similar, mask1, mask2 = match.similar, match.mask1, match.mask2
+    if force is not None:
+        gen = torch.Generator().manual_seed(seed)
+        similar = torch.rand(similar.shape, generator=gen) < force
+        mask1, mask2 = removal_masks(match.src_yx, match.match_yx, similar, match.block_size,
+                                     tuple(x1.shape[-2:]), tuple(x2.shape[-2:]))
+    expand = pair_expander(match.src_yx, match.match_yx, similar, match.block_size, tuple(x1.shape[-2:]),
+                           cfg.psnr_threshold, cfg.max_rings, wax_fn=wax_for_executor(executor))
+    (h1, h2), _, trace = select_executor(executor)(model, [x1, x2], [mask1, mask2], expand)
+    simsiam_loss(model.forward_head(h1, pre_logits=True), model.forward_head(h2, pre_logits=True)).backward()
+    fl = trace_flops(trace)
+    removal = 0.5 * (mask1.float().mean() + mask2.float().mean())
+    return dict(fl, overhead_flops=match.overhead_flops + fl["wax_flops"], removal=float(removal)), t_match
 
 
-def sweep(model, x1, x2, g1, g2, out):
-    """Kept share of the backbone's forward+backward conv FLOPs for several waxing settings."""
-    rows = []
-    for threshold in (20.0, 15.0):
-        for rings in (0, 2, 4):
-            model.zero_grad(set_to_none=True)
-            match, (h1, h2), trace = model.run_pair(x1, x2, g1, g2, max_rings=rings, psnr_threshold=threshold)
-            simsiam_loss(model.forward_head(h1, pre_logits=True), model.forward_head(h2, pre_logits=True)).backward()
-            fl = trace_flops(trace)
-            rows.append((threshold, rings, match.removal_ratio, fl["kept_flops"] / fl["dense_flops"],
-                         fl["wax_flops"] / fl["dense_flops"]))
-    table = ("| PSNR threshold (blocks and rings) | max_rings | input removal | kept conv FLOPs / dense | "
-             "waxing overhead / dense |\n|---|---|---|---|---|\n")
-    table += "\n".join(f"| {t:g} dB | {r} | {rem:.3f} | {k:.3f} | {w:.4%} |" for t, r, rem, k, w in rows)
-    print(table)
-    if out:
-        with open(out, "a") as fh:
-            fh.write("\n## Sweep: waxing bound and threshold (FLOPs only, same batch, randomly initialised model)\n\n")
-            fh.write("Command: `PYTHONPATH=. python benchmarks/simwnw_step.py --sweep --out " + out + "`\n\n")
-            fh.write(table + "\n")
-    return rows
+def run_case(model, batch, executors, repeats, force):
+    x1, x2, g1, g2 = batch
+    with FlopCounterMode(display=False) as counter:
+        dense_step(model, x1, x2)
+    dense_flops = float(counter.get_total_flops())
+    pair_step(model, x1, x2, g1, g2, executors[0], force)  # warm-up
+    times = {k: [] for k in ["dense", *executors]}
+    stats, match_t = None, []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dense_step(model, x1, x2)
+        times["dense"].append(time.perf_counter() - t)
+        for name in executors:
+            t = time.perf_counter()
+            stats, tm = pair_step(model, x1, x2, g1, g2, name, force)
+            times[name].append(time.perf_counter() - t)
+            match_t.append(tm)
+    flops_ratio = (dense_flops - (stats["dense_flops"] - stats["kept_flops"]) + stats["overhead_flops"]) / dense_flops
+    d = statistics.median(times["dense"])
+    return dict(times=times, dense=d, flops_ratio=flops_ratio, removal=stats["removal"],
+                match_pct=100 * statistics.median(match_t) / d)
+
+
+def match_cell(name: str, res: dict) -> str:
+    return "" if name == "dense" else f"{res['match_pct']:.2f}%"
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--source", default="/work/shared/data/cifar10/train.parquet")
+    p.add_argument("--source", required=True, help="image dataset (parquet/folder) read by load_image_dataset")
     p.add_argument("--model", default="simwnw_resnet18_cifar")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--max-rings", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1,
-                   help="intra-op threads; 1 on a shared CPU (2 threads on 2 busy cores oversubscribe "
-                        "and slow the many small mask ops far more than the big convs)")
-    p.add_argument("--out", default=None, help="write a markdown table here")
-    p.add_argument("--sweep", action="store_true",
-                   help="only the FLOPs sweep over max_rings / PSNR threshold (appended to --out)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--executors", default="reference,lean", help="comma-separated: reference, lean, auto")
+    p.add_argument("--force-removal", default="", help="comma-separated input removal levels, e.g. 0.3,0.5,0.7 "
+                                                       "(real block-matching masks are always measured)")
+    p.add_argument("--out", default=None, help="append a markdown table here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = timm.create_model(args.model, num_classes=0).train()
-    model.configure_pair_pruning(max_rings=args.max_rings)
     cfg = model.pretrained_cfg
-    x1, x2, g1, g2 = make_batch(args.source, args.batch, args.size, cfg["mean"], cfg["std"], seed=0)
-    if args.sweep:
-        return sweep(model, x1, x2, g1, g2, args.out)
-
-    with FlopCounterMode(display=False) as counter:
-        dense_step(model, x1, x2)
-    dense_flops = float(counter.get_total_flops())
-
-    dense_times, simwnw_times, stats = [], [], None
-    for _ in range(args.repeats):  # interleaved: absolute times drift on a shared machine
-        t = time.perf_counter()
-        dense_step(model, x1, x2)
-        dense_times.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        stats = simwnw_step(model, x1, x2, g1, g2)
-        simwnw_times.append(time.perf_counter() - t)
-
-    # split of one simwnw step: matching / masked forward (incl. waxing) / backward
-    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
-    model.zero_grad(set_to_none=True)
-    t0 = time.perf_counter()
-    match_blocks(x1 * std + mean, x2 * std + mean, g1, g2)
-    t1 = time.perf_counter()
-    _, (h1, h2), trace = model.run_pair(x1, x2, g1, g2)
-    t2 = time.perf_counter()
-    simsiam_loss(model.forward_head(h1, pre_logits=True), model.forward_head(h2, pre_logits=True)).backward()
-    t3 = time.perf_counter()
-    kept = {}  # stage -> [active, dense] triples of its convs
-    for rec in trace:
-        if isinstance(rec, ConvRecord):
-            acc = kept.setdefault(rec.name.split(".")[0], [0.0, 0.0])
-            acc[0] += float(rec.active_triples)
-            acc[1] += rec.dense_triples
-
-    saved = stats["dense_flops"] - stats["kept_flops"]
-    simwnw_flops = dense_flops - saved + stats["overhead_flops"]
-    d_med, s_med = statistics.median(dense_times), statistics.median(simwnw_times)
-    rows = [
-        ("batch", f"{args.batch} pairs of {args.size}px CIFAR-10 train views (TwoViewTransform, seed 0)"),
-        ("model", f"{args.model}, max_rings={args.max_rings}, PSNR >= 20 dB, default block/window"),
-        ("input removal ratio (both views)", f"{stats['removal_ratio'] / stats['pairs']:.3f}"),
-        ("dense step FLOPs (FlopCounterMode)", f"{dense_flops / 1e9:.2f} GFLOPs"),
-        ("backbone conv FLOPs dense / kept (stats)", f"{stats['dense_flops'] / 1e9:.2f} / {stats['kept_flops'] / 1e9:.2f} GFLOPs"),
-        ("overhead FLOPs (matching + waxing)", f"{stats['overhead_flops'] / 1e9:.4f} GFLOPs "
-                                               f"({stats['overhead_flops'] / dense_flops:.3%} of dense step)"),
-        ("**step FLOPs ratio simwnw / dense**", f"**{simwnw_flops / dense_flops:.3f}**"),
-        ("dense step wall time (median)", f"{d_med:.2f} s  (all: {', '.join(f'{t:.2f}' for t in dense_times)})"),
-        ("simwnw step wall time (median)", f"{s_med:.2f} s  (all: {', '.join(f'{t:.2f}' for t in simwnw_times)})"),
-        ("**step wall-time ratio simwnw / dense (reference path)**", f"**{s_med / d_med:.2f}**"),
-        ("simwnw step split: matching / masked fwd (incl. matching) / bwd",
-         f"{t1 - t0:.2f} s / {t2 - t1:.2f} s / {t3 - t2:.2f} s"),
-        ("kept share of conv work per stage (stem, layer1..4)",
-         " / ".join(f"{a / d:.3f}" for a, d in kept.values())),
-    ]
-    table = "| quantity | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
-    print(table)
+    batch = make_batch(args.source, args.batch, args.size, cfg["mean"], cfg["std"], seed=0)
+    executors = [e for e in args.executors.split(",") if e]
+    levels = [None] + [float(v) for v in args.force_removal.split(",") if v]
+    lines = []
+    for force in levels:
+        res = run_case(model, batch, executors, args.repeats, force)
+        for name in ["dense", *executors]:
+            ts = res["times"][name]
+            ratios = [t / d for t, d in zip(ts, res["times"]["dense"])]  # per repeat: interleaved neighbours
+            lines.append(f"| {args.model} {args.size}px b{args.batch} | {args.threads} | "
+                         f"{'real (20 dB)' if force is None else f'forced {force:.0%}'} | {res['removal']:.3f} | {name} | "
+                         f"{statistics.median(ts):.2f} s ({min(ts):.2f}-{max(ts):.2f}) | "
+                         f"**{statistics.median(ratios):.3f}** ({min(ratios):.2f}-{max(ratios):.2f}) | "
+                         f"{1.0 if name == 'dense' else res['flops_ratio']:.3f} | {match_cell(name, res)} |")
+            print(lines[-1], flush=True)
     if args.out:
-        with open(args.out, "w") as fh:
-            fh.write("# SimWnW training step: FLOPs and wall time (reference masked path)\n\n")
-            fh.write(f"Command: `PYTHONPATH=. python benchmarks/simwnw_step.py --out {args.out}`  \n")
-            fh.write(f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on "
-                     f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-                     f"{args.threads} threads, shared CPU (timings interleaved; ratios matter, not absolutes).\n\n")
-            fh.write(table + "\n\n")
-            fh.write(
-                "The FLOPs ratio is what SimWnW's masks allow (convolutions skipped at (image, input channel, "
-                "output position) granularity, forward + grad-input + grad-weight, overhead included). "
-                "The wall-time ratio is the honest cost of the *reference* implementation: it runs every "
-                "convolution densely and adds mask bookkeeping (waning window-ORs, ring PSNRs, masked "
-                "BatchNorm) and block matching, so it is slower than dense. Realising the FLOPs saving as "
-                "time needs a sparse executor that skips removed tiles (not implemented yet).\n\n"
-                "For reference, the paper reports 29-30% *skipped convolution* on CIFAR-10 (Table 10, averaged "
-                "over training with its own weights); here, at random initialisation, waning through the 3x3 convs "
-                "and the fragmented view-2 removal (matched blocks do not tile view 2) leave 7% at 20 dB; waxing "
-                "rarely passes 20 dB on untrained features. Per-stage shares above show where the removal is lost.\n")
-    return rows
+        with open(args.out, "a") as fh:
+            fh.write(f"\n<!-- {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
+                     f"torch {torch.__version__} -->\n")
+            fh.write("\n".join(lines) + "\n")
+    return lines
 
 
 if __name__ == "__main__":

@@ -65,20 +65,9 @@ def _ignoring_packages(graph: dict) -> dict:
     return {n: {t for t in targets if t not in packages} for n, targets in graph.items()}
 
 
-# the circle issue 9 item 5 removes (the ResNet walker moves out of simwnw/ on the `lean` branch)
-KNOWN = ("simwnw_hf.simwnw.masks", "simwnw_hf.simwnw.masked_exec")
-
-
 def test_no_import_circle():
-    import pytest
-
-    graph = _ignoring_packages(import_graph())
-    known_edge = KNOWN[1] in graph[KNOWN[0]] and KNOWN[0] in graph[KNOWN[1]]
-    without_known = {n: t - ({KNOWN[1]} if n == KNOWN[0] else set()) for n, t in graph.items()}
-    cycle = find_cycle(without_known)
+    cycle = find_cycle(_ignoring_packages(import_graph()))
     assert cycle is None, " -> ".join(cycle)
-    if known_edge:
-        pytest.xfail("masks <-> masked_exec circle: removed by issue 9 item 5 (lean branch)")
 
 
 def test_trainer_does_not_import_evaluation():

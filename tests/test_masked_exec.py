@@ -9,9 +9,8 @@ import torch.nn as nn
 from timm.models.resnet import BasicBlock, Bottleneck
 
 from simwnw_hf.models.resnet import SimWnWResNet
-from simwnw_hf.simwnw.masked_exec import (
-    ConvRecord, MaskRecord, masked_batch_norm, masked_conv2d, masked_forward_features,
-)
+from simwnw_hf.models.resnet_pair import masked_forward_features
+from simwnw_hf.simwnw.masked_exec import ConvRecord, MaskRecord, masked_batch_norm, masked_conv2d
 
 
 def _tiny(block=BasicBlock, cifar_stem=True):

@@ -11,7 +11,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import simwnw_hf  # noqa: F401  (registers simwnw_* models)
 from simwnw_hf.simwnw.flops import dense_model_flops, trace_flops, triple_flops
-from simwnw_hf.simwnw.masked_exec import masked_conv2d, masked_forward_features
+from simwnw_hf.models.resnet_pair import masked_forward_features
+from simwnw_hf.simwnw.masked_exec import masked_conv2d
 
 
 def _counted_step(model, x):

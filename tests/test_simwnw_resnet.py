@@ -9,7 +9,7 @@ import torch
 import simwnw_hf  # noqa: F401  (registers simwnw_* models)
 from pair_views import shifted_pair as _pair_batch
 from simwnw_hf.models.resnet import SimWnWResNet
-from simwnw_hf.simwnw.masks import stage_masks
+from simwnw_hf.models.resnet_pair import stage_masks
 from simwnw_hf.pruning import PairStats, SimWnWSettings, TokenPruningSettings
 from simwnw_hf.ssl.pair import encode_pair, encode_view, plan_pair, plan_stats, supports_pair_pruning
 

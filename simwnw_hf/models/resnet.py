@@ -6,8 +6,10 @@ stem (3x3 stride-1 conv, no max-pool) used by SimCLR/SimSiam for 32px images.
 
 SSL training adds the pair path (paper §4): ``plan_pair(x1, x2, g1, g2)`` block-matches the two views
 (``simwnw.block_matching``) once per step, and ``forward_pair(x1, x2, plan)`` removes the similar blocks
-from both and runs the masked execution with waxing-and-waning (``simwnw.masked_exec``,
-``simwnw.masks``); its :class:`~simwnw_hf.pruning.PairStats` report the FLOPs saved (``simwnw.flops``). The contract is in ``simwnw_hf/ssl/pair.py`` and docs/DESIGN.md.
+from both and runs the masked execution with waxing-and-waning (walker and executors in
+``models.resnet_pair``; mechanisms in ``simwnw.masked_exec``, ``simwnw.lean_exec``, ``simwnw.masks``);
+its :class:`~simwnw_hf.pruning.PairStats` report the FLOPs saved (``simwnw.flops``). The contract is in
+``simwnw_hf/ssl/pair.py`` and docs/DESIGN.md.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from simwnw_hf.data.views import denormalize
 from simwnw_hf.pruning import PairPlan, PairStats, SimWnWSettings, accepted_settings, model_name
 from simwnw_hf.simwnw.block_matching import match_blocks
 from simwnw_hf.simwnw.flops import trace_flops
-from simwnw_hf.simwnw.masked_exec import masked_forward_features
 from simwnw_hf.simwnw.masks import pair_expander
 
+from .resnet_pair import select_executor, wax_for_executor
 from .weights import require_weight_source
 
 __all__ = ["SimWnWResNet", "SimWnWSettings", "PairPruningConfig"]
@@ -123,9 +125,11 @@ class SimWnWResNet(ResNet):
         if plan is None:
             plan = self.plan_pair(x1, x2, g1, g2, **settings)
         match, cfg = plan.match, plan.settings
+        executor = select_executor(cfg.executor)
         expand = pair_expander(match.src_yx, match.match_yx, match.similar, match.block_size,
-                               tuple(x1.shape[-2:]), cfg.psnr_threshold, cfg.max_rings)
-        hs, _, trace = masked_forward_features(self, [x1, x2], [match.mask1, match.mask2], expand)
+                               tuple(x1.shape[-2:]), cfg.psnr_threshold, cfg.max_rings,
+                               wax_fn=wax_for_executor(cfg.executor))
+        hs, _, trace = executor(self, [x1, x2], [match.mask1, match.mask2], expand)
         return match, tuple(hs), trace
 
     def forward_pair(self, x1: torch.Tensor, x2: torch.Tensor, plan: Optional[PairPlan] = None

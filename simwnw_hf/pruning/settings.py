@@ -35,6 +35,9 @@ def _finite(name: str, value) -> float:
     return float(value)
 
 
+SIMWNW_EXECUTORS = ("lean", "reference", "auto")
+
+
 @dataclass(frozen=True)
 class SimWnWSettings:
     """SimWnW block removal on CNNs (paper §4; defaults §4.1/§5: 20 dB, search window 2x block).
@@ -43,12 +46,16 @@ class SimWnWSettings:
     psnr_threshold: dB; blocks and feature-map rings at or above it are removed.
     search_window: side of the block search region in view 2; None = 2 x block size.
     max_rings: most rings waxed per conv input (``simwnw.masks``).
+    executor: how the pair path runs (``models.resnet_pair.select_executor``): ``lean`` (default: the
+        reference's numbers with less bookkeeping), ``reference`` (the definition, the test oracle) or
+        ``auto`` (the fastest exact executor; lean today). It changes time, never the numbers.
     """
 
     block_size: Optional[int] = None
     psnr_threshold: float = 20.0
     search_window: Optional[int] = None
     max_rings: int = 2
+    executor: str = "lean"
 
     method: ClassVar[str] = "simwnw"
     flag: ClassVar[str] = "--simwnw"
@@ -62,6 +69,8 @@ class SimWnWSettings:
         if int(self.max_rings) != self.max_rings or self.max_rings < 0:
             raise ValueError(f"max_rings must be an integer >= 0, got {self.max_rings}")
         object.__setattr__(self, "max_rings", int(self.max_rings))
+        if self.executor not in SIMWNW_EXECUTORS:
+            raise ValueError(f"unknown SimWnW executor {self.executor!r}; choose one of {', '.join(SIMWNW_EXECUTORS)}")
 
     def resolve(self, image_size: int) -> "SimWnWSettings":
         """The same settings with ``None`` replaced by the values used for ``image_size`` px views."""

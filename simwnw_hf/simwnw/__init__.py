@@ -1,4 +1,7 @@
-"""SimWnW for CNNs (paper §4): block matching and removal masks, waxing-and-waning, masked execution."""
+"""SimWnW for CNNs (paper §4): block matching and removal masks, waxing-and-waning, masked execution mechanisms.
+
+The ResNet walkers that apply them live in ``simwnw_hf.models.resnet_pair`` (model-family adapter).
+"""
 from simwnw_hf.data.views import denormalize  # noqa: F401  ([0, 1] pixels for PSNR)
 from .block_matching import (  # noqa: F401
     BlockMatch,
@@ -12,6 +15,7 @@ from .block_matching import (  # noqa: F401
     removal_masks,
     search_lattice,
 )
-from .masks import wane, wax, block_correspondence, pair_expander, stage_masks  # noqa: F401  (§4.2)
-from .masked_exec import masked_forward_features, masked_batch_norm, masked_conv2d  # noqa: F401
+from .masks import wane, wax, block_correspondence, pair_expander  # noqa: F401  (§4.2)
+from .masked_exec import masked_batch_norm, masked_conv2d  # noqa: F401
+from .lean_exec import lean_batch_norm, lean_conv2d, wax_compact  # noqa: F401
 from .flops import dense_model_flops, trace_flops  # noqa: F401

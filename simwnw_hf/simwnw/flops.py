@@ -51,9 +51,13 @@ def trace_flops(trace: Iterable) -> Dict[str, float]:
     """Dense, kept and waxing-overhead FLOPs of a ``masked_forward_features`` trace.
 
     Returns ``dense_flops`` / ``kept_flops`` (forward plus the backward passes autograd will run),
-    ``forward_dense_flops`` / ``forward_kept_flops`` (forward only) and ``wax_flops``.
+    ``forward_dense_flops`` / ``forward_kept_flops`` (forward only), ``wax_flops`` and
+    ``spatial_kept_flops``: what an executor skipping whole output positions (all input channels of
+    the window removed) keeps, forward + backward (equal to ``dense_flops`` when records lack
+    ``kept_positions``).
     """
-    out = dict(dense_flops=0.0, kept_flops=0.0, forward_dense_flops=0.0, forward_kept_flops=0.0, wax_flops=0.0)
+    out = dict(dense_flops=0.0, kept_flops=0.0, forward_dense_flops=0.0, forward_kept_flops=0.0, wax_flops=0.0,
+               spatial_kept_flops=0.0)
     for rec in trace:  # counts may be 0-d device tensors: accumulate first, read once at the end
         if isinstance(rec, WaxRecord):
             out["wax_flops"] = out["wax_flops"] + rec.overhead_flops
@@ -64,6 +68,10 @@ def trace_flops(trace: Iterable) -> Dict[str, float]:
             out["forward_kept_flops"] = out["forward_kept_flops"] + per * rec.active_triples
             out["dense_flops"] += float(per * rec.dense_triples * passes)
             out["kept_flops"] = out["kept_flops"] + per * passes * rec.active_triples
+            if rec.kept_positions is None:
+                out["spatial_kept_flops"] += float(per * rec.dense_triples * passes)
+            else:
+                out["spatial_kept_flops"] = out["spatial_kept_flops"] + per * passes * rec.in_channels * rec.kept_positions
     return {k: float(v) for k, v in out.items()}
 
 

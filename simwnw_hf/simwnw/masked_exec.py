@@ -1,7 +1,9 @@
-"""Reference SimWnW execution of a timm ResNet on masked feature maps (paper §4.1 removal, §4.2).
+"""Reference SimWnW layer mechanisms on masked feature maps (paper §4.1 removal, §4.2).
 
-This is the *definition* of what a SimWnW forward computes; a sparse executor must reproduce it.
-It runs dense kernels and zeroes what is removed, so it saves no wall time by itself.
+These functions are the *definition* of what a SimWnW forward computes, layer by layer; the walker
+that applies them to a timm ResNet lives with the model family (``simwnw_hf.models.resnet_pair``),
+and faster executors (``lean_exec``) must reproduce them. They run dense kernels and zero what is
+removed, so they save no wall time by themselves.
 
 Semantics, layer by layer (masks: bool, ``True`` = removed, (B, 1|C, H, W); see ``masks.py``):
 
@@ -45,13 +47,11 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.models.resnet import BasicBlock, Bottleneck
-
 from .masks import active_inputs, wane
 
 __all__ = [
     "ConvRecord", "MaskRecord", "WaxRecord", "masked_conv2d", "masked_batch_norm",
-    "masked_max_pool2d", "masked_forward_features", "Expand",
+    "masked_max_pool2d", "zero_removed", "Expand",
 ]
 
 # expand(name, [h1, h2], [removed1, removed2]) -> ([removed1, removed2], overhead_flops as float or 0-d tensor)
@@ -71,6 +71,7 @@ class ConvRecord:
     active_triples: torch.Tensor  # 0-d: triples whose window holds a kept pixel of that channel
     input_grad: bool  # autograd will compute grad-input (input requires grad)
     weight_grad: bool  # autograd will compute grad-weight
+    kept_positions: Optional[torch.Tensor] = None  # 0-d: output positions not removed (spatial granularity)
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,12 @@ class WaxRecord:
     overhead_flops: torch.Tensor  # 0-d (kept on device until the stats are read: no sync per layer)
 
 
-def _zero(x: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+def zero_removed(x: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
     """``x`` with removed positions set to 0 (``removed`` broadcasts over channels)."""
     return torch.where(removed, x.new_zeros(()), x)  # where: faster than masked_fill for broadcast masks
+
+
+_zero = zero_removed
 
 
 def masked_conv2d(conv: nn.Conv2d, x: torch.Tensor, removed: torch.Tensor):
@@ -157,142 +161,3 @@ def masked_max_pool2d(pool: nn.MaxPool2d, x: torch.Tensor, removed: torch.Tensor
         raise NotImplementedError("masked max-pool supports ceil_mode=False, return_indices=False")
     out_removed = wane(removed, pool.kernel_size, pool.stride, pool.padding, pool.dilation)
     return _zero(pool(x), out_removed), out_removed
-
-
-# --------------------------------------------------------------------------- multi-view walkers
-# Each helper takes the per-view lists ``hs`` (tensors) and ``rs`` (masks) and appends what it did to
-# ``trace`` (a list owned by the caller of masked_forward_features).
-
-def _wax(name: str, hs, rs, trace: list, expand: Optional[Expand]):
-    """Grow both views' masks at a waxing point and zero the newly removed activations."""
-    if expand is None or len(hs) != 2:
-        return hs, rs
-    rs, overhead = expand(name, list(hs), list(rs))
-    trace.append(WaxRecord(name, overhead))
-    _record(trace, f"{name}:waxed", rs)
-    return [_zero(h, r) for h, r in zip(hs, rs)], rs
-
-
-def _conv(name: str, conv: nn.Module, hs, rs, trace: list):
-    if not isinstance(conv, nn.Conv2d):
-        raise NotImplementedError(f"{name}: masked execution needs an nn.Conv2d, got {type(conv).__name__}")
-    ys, outs, active, dense = [], [], 0, 0
-    input_grad = False
-    for h, r in zip(hs, rs):
-        y, r_out, a = masked_conv2d(conv, h, r)
-        ys.append(y)
-        outs.append(r_out)
-        active += a
-        dense += h.shape[0] * h.shape[1] * y.shape[2] * y.shape[3]
-        input_grad |= torch.is_grad_enabled() and h.requires_grad
-    trace.append(ConvRecord(
-        name=name, kernel_size=tuple(conv.kernel_size), in_channels=conv.in_channels,
-        out_channels=conv.out_channels, groups=conv.groups, dense_triples=dense, active_triples=active,
-        input_grad=input_grad, weight_grad=torch.is_grad_enabled() and conv.weight.requires_grad))
-    return ys, outs
-
-
-def _bn(bn: nn.Module, hs, rs, name: str):
-    if not isinstance(bn, nn.BatchNorm2d):
-        raise NotImplementedError(f"{name}: masked execution needs nn.BatchNorm2d, got {type(bn).__name__}")
-    return [masked_batch_norm(bn, h, r) for h, r in zip(hs, rs)]
-
-
-def _act(act: nn.Module, hs, rs):
-    if isinstance(act, nn.ReLU):  # relu(0) = 0: removed positions stay zero
-        return [act(h) for h in hs]
-    return [_zero(act(h), r) for h, r in zip(hs, rs)]  # re-zero: act(0) may be non-zero
-
-
-def _require_identity(block: nn.Module, name: str):
-    for attr in ("drop_block", "aa", "se", "drop_path"):
-        mod = getattr(block, attr, None)
-        if mod is not None and not isinstance(mod, nn.Identity):
-            raise NotImplementedError(f"{name}.{attr} is {type(mod).__name__}; masked execution supports plain "
-                                      "ResNet blocks (no SE, anti-aliasing, DropBlock or DropPath)")
-
-
-def _shortcut(block: nn.Module, hs, rs, trace, name: str):
-    ds = block.downsample
-    if ds is None:
-        return hs, rs
-    mods = [m for m in ds if not isinstance(m, nn.Identity)] if isinstance(ds, nn.Sequential) else [ds]
-    if len(mods) != 2 or not isinstance(mods[0], nn.Conv2d) or not isinstance(mods[1], nn.BatchNorm2d):
-        raise NotImplementedError(f"{name}.downsample must be conv + BatchNorm (timm downsample_conv)")
-    s, rs_s = _conv(f"{name}.downsample.0", mods[0], hs, rs, trace)
-    return _bn(mods[1], s, rs_s, name), rs_s
-
-
-def _residual(block, branch, r_branch, hs, rs, trace, name, act):
-    short, r_short = _shortcut(block, hs, rs, trace, name)
-    r_out = [rb & rsc for rb, rsc in zip(r_branch, r_short)]  # removed only where both operands are
-    out = _act(act, [b + s for b, s in zip(branch, short)], r_out)
-    return out, r_out
-
-
-def _basic_block(name: str, blk: BasicBlock, hs, rs, trace, expand):
-    _require_identity(blk, name)
-    hs, rs = _wax(f"{name}.conv1", hs, rs, trace, expand)  # block input: feeds conv1 and the shortcut
-    a, ra = _conv(f"{name}.conv1", blk.conv1, hs, rs, trace)
-    a = _act(blk.act1, _bn(blk.bn1, a, ra, name), ra)
-    a, ra = _wax(f"{name}.conv2", a, ra, trace, expand)
-    b, rb = _conv(f"{name}.conv2", blk.conv2, a, ra, trace)
-    b = _bn(blk.bn2, b, rb, name)
-    return _residual(blk, b, rb, hs, rs, trace, name, blk.act2)
-
-
-def _bottleneck(name: str, blk: Bottleneck, hs, rs, trace, expand):
-    _require_identity(blk, name)
-    hs, rs = _wax(f"{name}.conv1", hs, rs, trace, expand)  # block input: feeds conv1 and the shortcut
-    a, ra = _conv(f"{name}.conv1", blk.conv1, hs, rs, trace)
-    a = _act(blk.act1, _bn(blk.bn1, a, ra, name), ra)
-    a, ra = _wax(f"{name}.conv2", a, ra, trace, expand)
-    b, rb = _conv(f"{name}.conv2", blk.conv2, a, ra, trace)
-    b = _act(blk.act2, _bn(blk.bn2, b, rb, name), rb)
-    c, rc = _conv(f"{name}.conv3", blk.conv3, b, rb, trace)
-    c = _bn(blk.bn3, c, rc, name)
-    return _residual(blk, c, rc, hs, rs, trace, name, blk.act3)
-
-
-def _record(trace, name, rs):
-    trace.append(MaskRecord(name, rs[0], rs[1] if len(rs) > 1 else None))
-
-
-def masked_forward_features(model: nn.Module, xs: Sequence[torch.Tensor], removed: Sequence[torch.Tensor],
-                            expand: Optional[Expand] = None):
-    """``forward_features`` of a timm ResNet on one or two masked views.
-
-    ``xs``: list of (B, C, H, W) normalised views; ``removed``: matching list of (B, H, W) or
-    (B, 1, H, W) bool input masks; ``expand``: waxing callback (two views only). Returns
-    ``(features, masks, trace)``: the per-view final maps (B, C, h, w), their removed masks and the
-    list of :class:`ConvRecord` / :class:`WaxRecord` / :class:`MaskRecord` in execution order.
-    """
-    if len(xs) != len(removed) or len(xs) not in (1, 2):
-        raise ValueError(f"need one or two views with one mask each, got {len(xs)} views, {len(removed)} masks")
-    for i, (x, r) in enumerate(zip(xs, removed)):
-        if r.dim() == 3:
-            r = r[:, None]
-        if r.dtype != torch.bool or r.shape[0] != x.shape[0] or r.shape[2:] != x.shape[2:]:
-            raise ValueError(f"view {i}: mask {tuple(r.shape)} {r.dtype} does not fit input {tuple(x.shape)}")
-    rs = [(r[:, None] if r.dim() == 3 else r) for r in removed]
-    trace: list = []
-    _record(trace, "input", rs)
-    hs, rs = _conv("conv1", model.conv1, list(xs), rs, trace)  # the image level is block-matched
-    hs = _act(model.act1, _bn(model.bn1, hs, rs, "bn1"), rs)
-    if isinstance(model.maxpool, nn.MaxPool2d):
-        pooled = [masked_max_pool2d(model.maxpool, h, r) for h, r in zip(hs, rs)]
-        hs, rs = [p[0] for p in pooled], [p[1] for p in pooled]
-    elif not isinstance(model.maxpool, nn.Identity):
-        raise NotImplementedError(f"stem pooling {type(model.maxpool).__name__} is not supported")
-    _record(trace, "stem", rs)
-    for stage in ("layer1", "layer2", "layer3", "layer4"):
-        for i, blk in enumerate(getattr(model, stage)):
-            name = f"{stage}.{i}"
-            if isinstance(blk, BasicBlock):
-                hs, rs = _basic_block(name, blk, hs, rs, trace, expand)
-            elif isinstance(blk, Bottleneck):
-                hs, rs = _bottleneck(name, blk, hs, rs, trace, expand)
-            else:
-                raise NotImplementedError(f"{name}: block type {type(blk).__name__} is not supported")
-        _record(trace, stage, rs)
-    return hs, rs, trace

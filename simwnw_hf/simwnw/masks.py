@@ -57,7 +57,7 @@ import torch
 
 __all__ = [
     "wane", "window_any", "active_inputs", "ring_distance", "Correspondence", "block_correspondence", "wax",
-    "WaxResult", "pair_expander", "stage_masks", "PSNR_PAIR_FLOPS", "PEAK_FLOPS",
+    "WaxResult", "pair_expander", "PSNR_PAIR_FLOPS", "PEAK_FLOPS",
 ]
 
 PSNR_PAIR_FLOPS = 3  # subtract, square, accumulate per compared pixel pair (paper App. C)
@@ -265,68 +265,21 @@ def wax(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, removed2: to
 
 
 def pair_expander(src_yx: torch.Tensor, match_yx: torch.Tensor, similar: torch.Tensor, block_size: int,
-                  image_hw: Sequence[int], psnr_threshold: float = 20.0, max_rings: int = 2):
-    """Waxing callback for ``masked_exec.masked_forward_features`` from one batch's block matches.
+                  image_hw: Sequence[int], psnr_threshold: float = 20.0, max_rings: int = 2, wax_fn=None):
+    """Waxing callback for the pair-path executors (``models.resnet_pair``) from one batch's matches.
 
     The correspondence is built once per feature resolution and cached in this closure, which lives
-    for one forward call only (nothing is stored on the model).
+    for one forward call only (nothing is stored on the model). ``wax_fn``: :func:`wax` (default) or
+    ``lean_exec.wax_compact`` (same removal, masks kept (B, 1, H, W) where they agree over channels).
     """
     cache: dict = {}
+    wax_fn = wax if wax_fn is None else wax_fn
 
     def expand(name: str, hs: list, rs: list):
         hw = tuple(hs[0].shape[-2:])
         if hw not in cache:
             cache[hw] = block_correspondence(src_yx, match_yx, similar, block_size, image_hw, hw)
-        res = wax(hs[0], hs[1], rs[0], rs[1], cache[hw], psnr_threshold, max_rings)
+        res = wax_fn(hs[0], hs[1], rs[0], rs[1], cache[hw], psnr_threshold, max_rings)
         return [res.removed1, res.removed2], res.overhead_flops
 
     return expand
-
-
-def _mask_entry(name: str, rec) -> dict:
-    m1, m2 = rec.removed1[0].cpu(), rec.removed2[0].cpu()  # (C|1, H, W) of the single pair
-    if name == "input":
-        m1, m2 = m1[0], m2[0]
-    return {"name": name, "mask1": m1, "mask2": m2}
-
-
-def stage_masks(model, x1: torch.Tensor, x2: torch.Tensor, g1, g2, **settings) -> list[dict]:
-    """Per-stage removed masks of one image pair after waxing-and-waning (for the visualiser).
-
-    ``model``: a ``SimWnWResNet``; ``x1``/``x2``: normalised views (C, H, W) or (1, C, H, W);
-    ``g1``/``g2``: their geometry (unbatched or batch of 1); ``settings``: ``configure_pair_pruning``
-    arguments (block_size, psnr_threshold, search_window, max_rings). Runs without gradient and with
-    BatchNorm in eval mode (running statistics), so the model is left untouched.
-
-    Returns ``[dict(name, mask1, mask2), ...]`` in forward order: ``input`` (masks (H, W)), ``stem``,
-    then per stage ``layerN waxed`` (the input of the stage's last spatial conv after waxing, per
-    channel (C, H, W)) and ``layerN`` (the stage output, (C, H, W) or (1, H, W) when one mask holds
-    for all channels). ``mask*`` are CPU bool tensors, ``True`` = removed.
-    """
-    from simwnw_hf.simwnw.masked_exec import MaskRecord  # local: masked_exec imports this module
-
-    if x1.dim() == 3:
-        x1, x2 = x1[None], x2[None]
-    if x1.shape[0] != 1:
-        raise ValueError(f"stage_masks draws one image pair, got a batch of {x1.shape[0]}")
-    g1 = {k: (v[None] if v.dim() == (1 if k in ("crop", "out_size", "source_size") else 0) else v) for k, v in g1.items()}
-    g2 = {k: (v[None] if v.dim() == (1 if k in ("crop", "out_size", "source_size") else 0) else v) for k, v in g2.items()}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            _, _, trace = model.run_pair(x1, x2, g1, g2, **settings)
-    finally:
-        model.train(was_training)
-    out, waxed = [], None
-    for rec in trace:
-        if not isinstance(rec, MaskRecord):
-            continue
-        if rec.name.endswith(":waxed"):
-            waxed = rec  # keep the last waxed conv input of the running stage
-            continue
-        if rec.name.startswith("layer") and waxed is not None:
-            out.append(_mask_entry(f"{rec.name} waxed", waxed))
-        waxed = None
-        out.append(_mask_entry(rec.name, rec))
-    return out

@@ -161,7 +161,7 @@ def _stage_masks(model_name: Optional[str], v1, v2, g1, g2, settings: dict) -> O
         return None
     import timm
 
-    from simwnw_hf.simwnw.masks import stage_masks
+    from simwnw_hf.models.resnet_pair import stage_masks
 
     import simwnw_hf  # noqa: F401  (registers simwnw_* models)
 

@@ -51,6 +51,7 @@ class TrainConfig:
     psnr_threshold: float = 20.0
     search_window: Optional[int] = None  # None: 2 x block size
     max_rings: int = 2  # waxing: most rings grown per conv input (simwnw_hf/simwnw/masks.py)
+    simwnw_executor: str = "lean"  # lean | reference | auto: how the SimWnW pair path runs (same numbers, different time)
     # token pruning on ViTs: simwnw | simprune | evit
     token_pruning: Optional[str] = None
     keep_rate: float = 0.8
@@ -100,7 +101,8 @@ class TrainConfig:
         """
         if self.simwnw:
             return SimWnWSettings(block_size=self.block_size, psnr_threshold=self.psnr_threshold,
-                                  search_window=self.search_window, max_rings=self.max_rings
+                                  search_window=self.search_window, max_rings=self.max_rings,
+                                  executor=self.simwnw_executor
                                   ).resolve(self.image_size)
         if self.token_pruning:
             return TokenPruningSettings(method=self.token_pruning, psnr_threshold=self.psnr_threshold,

@@ -10,7 +10,6 @@ entry point (:func:`simwnw_hf.train.run`), not here.
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import subprocess

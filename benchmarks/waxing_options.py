@@ -1,0 +1,103 @@
+"""Kept conv FLOPs under the waxing choices the SimWnW paper leaves open (issue 10 item 3), at init.
+
+For one batch of real view pairs and a randomly initialised encoder, the pair path (lean executor,
+forward only, BatchNorm in training mode) is run with each option and the share of forward conv
+work kept is reported, overall and per stage, at two granularities:
+
+* triples: (image, input channel, output position) triples whose window holds a kept pixel of that
+  channel (what ``forward_pair`` reports as ``kept_flops``);
+* spatial: output positions with any kept pixel in the window, times all input channels (what an
+  executor that skips whole positions can skip).
+
+Options: where waxing happens (the paper reading = every block input and inner 3x3 conv input;
+block inputs only; inner 3x3 inputs only; stage inputs only; none), the number of rings, and at
+224px a block size aligned to the network strides (32 instead of 30). Not covered here (need new
+mechanisms): all-channel (spatial) waxing decisions and other feature-map MAX choices.
+
+Command for ``benchmarks/results/waxing_options.md``::
+
+    PYTHONPATH=. python benchmarks/waxing_options.py --source <cifar10 train.parquet> --out benchmarks/results/waxing_options.md
+    PYTHONPATH=. python benchmarks/waxing_options.py --source <imagenet dev.parquet> --model simwnw_resnet50 \\
+        --size 224 --batch 8 --block-sizes 30,32 --out benchmarks/results/waxing_options.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import timm
+import torch
+
+import simwnw_hf  # noqa: F401  (registers simwnw_* models)
+from simwnw_hf.models.resnet_pair import lean_forward_features
+from simwnw_hf.simwnw.block_matching import match_blocks
+from simwnw_hf.simwnw.flops import triple_flops
+from simwnw_hf.simwnw.lean_exec import wax_compact
+from simwnw_hf.simwnw.masked_exec import ConvRecord
+from simwnw_hf.simwnw.masks import pair_expander
+
+from simwnw_step import make_batch  # noqa: E402  (same batch recipe as the step benchmark)
+
+POINTS = {
+    "paper: block inputs + inner 3x3": lambda name: True,
+    "block inputs only": lambda name: name.endswith(".conv1"),
+    "inner 3x3 inputs only": lambda name: name.endswith(".conv2"),
+    "stage inputs only": lambda name: re.fullmatch(r"layer\d\.0\.conv1", name) is not None,
+}
+
+
+def kept_shares(model, batch, block_size, rings, where):
+    x1, x2, g1, g2 = batch
+    with torch.no_grad():
+        match = match_blocks(model._pixels(x1), model._pixels(x2), g1, g2, block_size=block_size)
+        base = pair_expander(match.src_yx, match.match_yx, match.similar, match.block_size, tuple(x1.shape[-2:]),
+                             20.0, rings, wax_fn=wax_compact)
+
+        def expand(name, hs, rs):
+            return base(name, hs, rs) if where(name) else (rs, 0.0)
+
+        _, _, trace = lean_forward_features(model, [x1, x2], [match.mask1, match.mask2], expand)
+    stages: dict = {}
+    for rec in trace:
+        if isinstance(rec, ConvRecord):
+            per = triple_flops(rec.kernel_size, rec.out_channels)
+            acc = stages.setdefault("stem" if rec.name == "conv1" else rec.name.split(".")[0], [0.0, 0.0, 0.0])
+            acc[0] += per * rec.dense_triples
+            acc[1] += per * float(rec.active_triples)
+            acc[2] += per * rec.in_channels * float(rec.kept_positions)
+    total = [sum(v[i] for v in stages.values()) for i in range(3)]
+    return match.removal_ratio, total[1] / total[0], total[2] / total[0], {k: v[1] / v[0] for k, v in stages.items()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--source", required=True)
+    p.add_argument("--model", default="simwnw_resnet18_cifar")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--block-sizes", default="", help="comma-separated block sides (default: the paper's)")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = timm.create_model(args.model, num_classes=0).train()
+    cfg = model.pretrained_cfg
+    batch = make_batch(args.source, args.batch, args.size, cfg["mean"], cfg["std"], seed=0)
+    blocks = [int(b) for b in args.block_sizes.split(",") if b] or [None]
+    cases = [(b, 2, k) for b in blocks for k in POINTS] + [(blocks[0], r, "paper: block inputs + inner 3x3")
+                                                           for r in (0, 1, 4)]
+    lines = []
+    for block, rings, point in cases:
+        removal, kept, spatial, per_stage = kept_shares(model, batch, block, rings, POINTS[point])
+        lines.append(f"| {args.model} {args.size}px b{args.batch} | {block or 'paper'} | {point} | {rings} | "
+                     f"{removal:.3f} | **{kept:.3f}** | {spatial:.3f} | "
+                     + " / ".join(f"{v:.3f}" for v in per_stage.values()) + " |")
+        print(lines[-1], flush=True)
+    if args.out:
+        with open(args.out, "a") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Lean executor == reference executor: outputs, gradients (weights and kept inputs), BN batch and
+running statistics, masks at every stage and the FLOPs trace; on random and block-matched masks,
+basic and bottleneck blocks, stride 2, odd sizes, train and eval BatchNorm."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from timm.models.resnet import BasicBlock, Bottleneck
+
+from simwnw_hf.models.resnet import SimWnWResNet
+from simwnw_hf.models.resnet_pair import lean_forward_features, masked_forward_features, select_executor
+from simwnw_hf.simwnw.flops import trace_flops
+from simwnw_hf.simwnw.lean_exec import lean_batch_norm, wax_compact
+from simwnw_hf.simwnw.masked_exec import MaskRecord, masked_batch_norm
+from simwnw_hf.simwnw.masks import block_correspondence, pair_expander, wax
+
+
+def _model(block, cifar_stem):
+    torch.manual_seed(0)
+    model = SimWnWResNet(block=block, layers=(1, 1, 1, 1), channels=(8, 16, 16, 32), num_classes=0,
+                         cifar_stem=cifar_stem)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.double()
+
+
+def _block_mask(b, h, w, block, p, seed):
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(b, -(-h // block), -(-w // block), generator=g) < p
+    return coarse.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :h, :w]
+
+
+def _matched(b, h, w, block, seed):
+    """Block-matching-like geometry: view-1 blocks, their (shifted) matches in view 2, similar flags."""
+    g = torch.Generator().manual_seed(seed)
+    ys, xs = torch.arange(0, h - block + 1, block), torch.arange(0, w - block + 1, block)
+    src = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2)
+    shift = torch.randint(-2, 3, (b, src.shape[0], 2), generator=g)
+    match = torch.stack([(src[None, :, 0] + shift[..., 0]).clamp(0, h - block),
+                         (src[None, :, 1] + shift[..., 1]).clamp(0, w - block)], -1)
+    similar = torch.rand(b, src.shape[0], generator=g) < 0.5
+    return src, match, similar
+
+
+def _paint(top_left, similar, block, h, w):
+    out = torch.zeros(top_left.shape[0], h, w, dtype=torch.bool)
+    for i in range(top_left.shape[0]):
+        for n in similar[i].nonzero().flatten().tolist():
+            y, x = top_left[i, n].tolist()
+            out[i, y:y + block, x:x + block] = True
+    return out
+
+
+def _full(mask, like_channels):
+    return mask.expand(mask.shape[0], like_channels, *mask.shape[2:]) if mask.shape[1] == 1 else mask
+
+
+def _run(executor, model, xs, rs, expand_args):
+    xs = [x.clone().requires_grad_(True) for x in xs]
+    expand = None
+    if expand_args is not None:
+        expand = pair_expander(*expand_args, wax_fn=wax_compact if executor is lean_forward_features else None)
+    hs, masks, trace = executor(model, xs, rs, expand)
+    if torch.is_grad_enabled():
+        sum(h.square().sum() * (i + 1) + h.sum() for i, h in enumerate(hs)).backward()
+    return hs, masks, trace, xs
+
+
+def _compare(block, cifar_stem, size, train, masks_kind, threshold=20.0, rings=2):
+    ref_model = _model(block, cifar_stem).train(train)
+    lean_model = copy.deepcopy(ref_model)
+    b = 2
+    torch.manual_seed(1)
+    x1 = torch.randn(b, 3, size, size, dtype=torch.float64)
+    x2 = (x1 + 0.05 * torch.randn_like(x1)).roll(1, dims=3)  # similar views: waxing rings pass
+    expand_args = None
+    if masks_kind == "random":
+        rs = [_block_mask(b, size, size, 3, 0.4, 2), _block_mask(b, size, size, 3, 0.4, 3)]
+        rs[0][0, :5, :7] = True  # an odd-shaped region
+    else:
+        blk = 4
+        src, match, similar = _matched(b, size, size, blk, seed=4)
+        rs = [_paint(src.expand(b, -1, -1), similar, blk, size, size), _paint(match, similar, blk, size, size)]
+        expand_args = (src, match, similar, blk, (size, size), threshold, rings)
+    out = {}
+    for key, executor, model in (("ref", masked_forward_features, ref_model), ("lean", lean_forward_features, lean_model)):
+        out[key] = _run(executor, model, [x1, x2], rs, expand_args)
+    (hr, mr, tr, xr), (hl, ml, tl, xl) = out["ref"], out["lean"]
+    for a, c in zip(hr, hl):
+        torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-8)
+    for a, c in zip(mr, ml):
+        assert torch.equal(_full(c, a.shape[1]), _full(a, c.shape[1]))
+    # masks at every stage and waxing point, and the FLOPs trace
+    mrec = [(r.name, r) for r in tr if isinstance(r, MaskRecord)]
+    lrec = [(r.name, r) for r in tl if isinstance(r, MaskRecord)]
+    assert [n for n, _ in mrec] == [n for n, _ in lrec]
+    for (_, a), (_, c) in zip(mrec, lrec):
+        for ma, mc in ((a.removed1, c.removed1), (a.removed2, c.removed2)):
+            ch = max(ma.shape[1], mc.shape[1])
+            assert torch.equal(_full(ma, ch), _full(mc, ch))
+    fr, fl = trace_flops(tr), trace_flops(tl)
+    assert fr == pytest.approx(fl, rel=1e-12)
+    assert fr["kept_flops"] <= fr["spatial_kept_flops"] <= fr["dense_flops"]  # triples are the finer grain
+    # gradients: weights and kept input pixels
+    for (name, pr), (_, pl) in zip(ref_model.named_parameters(), lean_model.named_parameters()):
+        torch.testing.assert_close(pl.grad, pr.grad, rtol=1e-5, atol=1e-8, msg=name)
+    for x_ref, x_lean, r in zip(xr, xl, rs):
+        keep = ~r[:, None].expand_as(x_ref)
+        torch.testing.assert_close(x_lean.grad[keep], x_ref.grad[keep], rtol=1e-5, atol=1e-8)
+    # BN running statistics
+    for (name, br), (_, bl) in zip(ref_model.named_buffers(), lean_model.named_buffers()):
+        torch.testing.assert_close(bl, br, rtol=1e-5, atol=1e-8, msg=name)
+    return fr, mrec
+
+
+@pytest.mark.parametrize("block,cifar_stem,size", [(BasicBlock, True, 17), (Bottleneck, False, 37),
+                                                   (BasicBlock, False, 32)])
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("masks_kind", ["random", "matched"])
+def test_lean_equals_reference(block, cifar_stem, size, train, masks_kind):
+    fr, _ = _compare(block, cifar_stem, size, train, masks_kind)
+    assert fr["kept_flops"] < fr["dense_flops"]
+
+
+def test_lean_equals_reference_when_waxing_passes_per_channel():
+    """Low threshold: rings pass in some channels, masks become per channel, lean still matches."""
+    _, mrec = _compare(BasicBlock, True, 17, True, "matched", threshold=10.0, rings=4)
+    waxed = [r for n, r in mrec if n.endswith(":waxed")]
+    assert any(r.removed1.shape[1] > 1 and bool((r.removed1 != r.removed1[:, :1]).any()) for r in waxed)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_lean_batch_norm_equals_reference(momentum):
+    torch.manual_seed(3)
+    removed = torch.rand(3, 1, 5, 7) < 0.4
+    x = (torch.randn(3, 4, 5, 7, dtype=torch.float64) * 2 + 1).masked_fill(removed, 0)
+    bns = [nn.BatchNorm2d(4, momentum=momentum).double().train() for _ in range(2)]
+    for bn in bns:
+        torch.manual_seed(4)
+        nn.init.uniform_(bn.weight, 0.5, 1.5)
+        nn.init.uniform_(bn.bias, -1, 1)
+    grads = []
+    for step in range(2):  # two steps: cumulative-average running stats
+        outs = []
+        for i, bn in enumerate(bns):
+            xi = x.clone().requires_grad_(True)
+            y = lean_batch_norm(bn, xi, removed, relu=True) if i else torch.relu(masked_batch_norm(bn, xi, removed))
+            (y * torch.arange(y.numel(), dtype=y.dtype).view_as(y).sin()).sum().backward()
+            outs.append((y, xi.grad, bn.weight.grad.clone(), bn.bias.grad.clone()))
+            bn.zero_grad()
+        for a, c in zip(*outs):
+            torch.testing.assert_close(c, a)
+        for a, c in zip(bns[0].buffers(), bns[1].buffers()):
+            torch.testing.assert_close(c, a)
+        grads.append(outs)
+    assert float(grads[0][0][1].abs().sum()) > 0
+
+
+def test_wax_compact_equals_wax_on_matched_masks():
+    torch.manual_seed(5)
+    b, c, h, w, blk = 2, 6, 12, 12, 4
+    src, match, similar = _matched(b, 24, 24, 8, seed=6)
+    corr = block_correspondence(src, match, similar, 8, (24, 24), (h, w))
+    r1 = _paint(src.expand(b, -1, -1) // 2, similar, blk, h, w)[:, None]
+    r2 = _paint(match // 2, similar, blk, h, w)[:, None]
+    h1 = torch.randn(b, c, h, w)
+    h2 = h1 + 0.3 * torch.randn_like(h1) * torch.rand(1, c, 1, 1)  # some channels similar
+    r1c = r1.expand(b, c, h, w).clone()
+    r1c[:, ::2, :3] = True  # per-channel input masks too
+    for thr, m1 in ((10.0, r1), (20.0, r1), (40.0, r1), (10.0, r1c), (20.0, r1c)):
+        ref = wax(h1, h2, m1, r2, corr, thr, 2)
+        lean = wax_compact(h1, h2, m1, r2, corr, thr, 2)
+        assert torch.equal(_full(lean.removed1, c), ref.removed1) and torch.equal(_full(lean.removed2, c), ref.removed2)
+        assert float(lean.compared_pairs) == float(ref.compared_pairs)
+        assert float(lean.overhead_flops) == pytest.approx(float(ref.overhead_flops))
+
+
+def test_select_executor_and_refusals():
+    assert select_executor("auto") is lean_forward_features
+    assert select_executor("reference") is masked_forward_features
+    with pytest.raises(ValueError, match="unknown SimWnW executor"):
+        select_executor("fast")
+    model = _model(BasicBlock, True)
+    model.set_grad_checkpointing(True)
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        lean_forward_features(model, [x], [torch.zeros(1, 8, 8, dtype=torch.bool)])
