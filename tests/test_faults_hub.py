@@ -23,7 +23,7 @@ TOKEN = "hf_faultsecret_0123456789abcdef"
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     from simwnw_hf.train.config import TrainConfig
-    from simwnw_hf.train.trainer import train
+    from simwnw_hf.train import run as train  # training + the final kNN: a complete record
 
     run = tmp_path_factory.mktemp("run") / "simsiam"
     train(TrainConfig(framework="simsiam", image_size=16, batch_size=4, max_samples=8, max_steps=1, eval_max_samples=8,

@@ -53,7 +53,7 @@ def test_simwnw_resnet_stats_reach_metrics_summary_and_record(tmp_path):
     saved = _check_stats_reach_every_output(tmp_path, summary, lines, ("removal_ratio",))
     # the resolved settings are recorded: 5 px blocks and a 10 px window at 32 px, and max_rings
     assert saved["pruning"] == {"method": "simwnw", "block_size": 5, "psnr_threshold": 20.0, "search_window": 10,
-                                "max_rings": 2}
+                                "max_rings": 2, "executor": "lean"}
 
 
 @pytest.mark.parametrize("method", ["simwnw", "simprune", "evit"])
