@@ -51,6 +51,10 @@ class SimWnWResNet(ResNet):
         **kwargs: everything timm's ``ResNet`` takes.
     """
 
+    # training-time settings, not part of the scripted single-image model (TorchScript cannot compile them)
+    __jit_ignored_attributes__ = ["pair_settings"]
+    __jit_unused_properties__ = ["pair_pruning"]
+
     def __init__(self, *args, cifar_stem: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.cifar_stem = cifar_stem
