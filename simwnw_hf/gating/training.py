@@ -26,7 +26,7 @@ from .backrazor import BackRazorConv2d, convert_back_razor, reset_tally, step_ta
 from .cdg import CDGConv2d, cdg_stats, convert_cdg, forward_branch, threshold_loss
 from .dualgate_stats import dualgate_losses, dualgate_stats
 
-__all__ = ["is_gating", "prepare_backbone", "checkpoint_encoder", "encode_dualgate_pair", "encode_cdg_pair",
+__all__ = ["is_gating", "is_dualgate_model", "prepare_backbone", "checkpoint_encoder", "encode_dualgate_pair", "encode_cdg_pair",
            "attach_back_razor", "revert_cdg"]
 
 
@@ -38,13 +38,24 @@ def _is_vit(backbone: nn.Module) -> bool:
     return hasattr(backbone, "blocks") and hasattr(backbone, "patch_embed")
 
 
-def prepare_backbone(backbone: nn.Module, settings) -> nn.Module:
-    """Check the model family and convert the backbone in place; one-line ValueError when it does not fit."""
-    name = model_name(backbone)
-    if isinstance(settings, DualGateSettings):
-        from simwnw_hf.models.dualgate_resnet import DualGateResNet
+def is_dualgate_model(backbone: nn.Module) -> bool:
+    from simwnw_hf.models.dualgate_resnet import DualGateResNet
 
-        if not isinstance(backbone, DualGateResNet):
+    return isinstance(backbone, DualGateResNet)
+
+
+def prepare_backbone(backbone: nn.Module, settings) -> nn.Module:
+    """Check the model family and convert the backbone in place; one-line ValueError when it does not fit.
+
+    A dual-gate model only trains with ``--gating dualgate``: any other run would train its gates
+    (the default path) without the FLOPs budget, a gated network nobody asked for.
+    """
+    name = model_name(backbone)
+    if is_dualgate_model(backbone) and not isinstance(settings, DualGateSettings):
+        raise ValueError(f"'{name}' trains only with --gating dualgate (--framework vicreg); for a dense run use "
+                         f"its dense twin ({name.replace('_dualgate', '')})")
+    if isinstance(settings, DualGateSettings):
+        if not is_dualgate_model(backbone):
             raise ValueError(f"{settings.flag} fits {settings.families}; '{name}' is not one "
                              f"(use --model simwnw_dualgate_resnet18_cifar or simwnw_dualgate_resnet18)")
         return backbone

@@ -30,7 +30,8 @@ import simwnw_hf  # noqa: F401  (registers simwnw_* timm models)
 from simwnw_hf.data.datasets import ImageDataset, load_image_dataset
 from simwnw_hf.data.loader import EpochShuffleSampler, SkipUnreadable, ViewDataset
 from simwnw_hf.data.views import MultiCropTransform, TwoViewTransform
-from simwnw_hf.gating.training import attach_back_razor, checkpoint_encoder, is_gating, prepare_backbone
+from simwnw_hf.gating.training import (attach_back_razor, checkpoint_encoder, is_dualgate_model, is_gating,
+                                       prepare_backbone)
 from simwnw_hf.pruning import BackRazorSettings, PairStats, pruning_record, reported_ratios
 from simwnw_hf.ssl.base import ADAMW_LR, ADAMW_WEIGHT_DECAY
 from simwnw_hf.ssl.frameworks import FRAMEWORKS
@@ -63,7 +64,7 @@ def build_backbone(cfg: TrainConfig) -> torch.nn.Module:
     except RuntimeError as exc:
         raise ValueError(f"cannot create timm model '{cfg.model}': {exc}") from exc
     settings = cfg.pruning
-    if is_gating(settings):
+    if is_gating(settings) or is_dualgate_model(backbone):
         return prepare_backbone(backbone, settings)  # converts in place (CDG, Back Razor) or checks the family
     if settings is not None:
         if not callable(getattr(backbone, "configure_pair_pruning", None)):
