@@ -46,6 +46,23 @@ def embedding_std(model, images, cfg) -> float:
     return float(torch.nn.functional.normalize(feats, dim=1).std(0).mean())
 
 
+def whole_model_saved_bytes(cfg, weights, rho, images, batch=64) -> dict:
+    """Bytes autograd saves for one training forward of the whole encoder, dense vs Back Razor convs."""
+    from simwnw_hf.eval.features import eval_transform
+    from simwnw_hf.gating.backrazor import convert_back_razor, saved_tensor_bytes
+
+    dense = encoder(cfg, weights).train()
+    razor = encoder(cfg, weights).train()
+    convert_back_razor(razor, rho)
+    t = eval_transform(cfg["image_size"], dense.pretrained_cfg["mean"], dense.pretrained_cfg["std"])
+    x = torch.stack([t(images.get_image(i)) for i in range(batch)])
+    out = {}
+    for name, model in (("dense", dense), ("back_razor", razor)):
+        _, out[name] = saved_tensor_bytes(lambda m=model: m(x).sum())
+    out["batch"] = batch
+    return out
+
+
 def measure(model, cfg, args, images) -> dict:
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     knn = knn_evaluate(model, args.dataset, cfg["image_size"], mean, std, test_split="test",
@@ -82,6 +99,8 @@ def main():
                  "random": randoms[key], "mean_sparsity": summary.get("mean_sparsity"),
                  "mean_activation_saved_fraction": summary.get("mean_activation_saved_fraction"),
                  "wall_time_s": summary["wall_time_s"]}
+        if summary["pruning"]["method"] == "back_razor":
+            entry["saved_bytes"] = whole_model_saved_bytes(cfg, weights, summary["pruning"]["rho"], images)
         if summary["pruning"]["method"] == "dualgate":
             entry["dense_path"] = measure(encoder(cfg, weights, dense_path=True), cfg, args, images)
         out[name] = entry
@@ -104,6 +123,14 @@ def main():
           "| last sparsity | kNN top-1 trained / random init | embedding std trained / random | wall min |")
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    for name, entry in out.items():
+        if "saved_bytes" in entry:
+            b = entry["saved_bytes"]
+            frac = entry["mean_activation_saved_fraction"]
+            conv_saved = "n/a" if frac is None else f"{100 * frac:.1f}%"
+            print(f"\n{entry['label']}: whole encoder, one training forward of {b['batch']} images: autograd saves "
+                  f"{b['back_razor'] / 2**20:.1f} MiB with Back Razor convs vs {b['dense'] / 2**20:.1f} MiB dense "
+                  f"(the convs alone: {conv_saved} of their input bytes saved)")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 
