@@ -27,7 +27,7 @@ from simwnw_hf.simwnw.flops import dense_model_flops
 from .stats import GatingStats
 
 __all__ = ["keep_mask", "pack_bits", "unpack_bits", "BackRazorConv2dFunction", "BackRazorConv2d",
-           "convert_back_razor", "coverage", "back_razor_stats", "saved_tensor_bytes"]
+           "convert_back_razor", "coverage", "back_razor_stats", "saved_tensor_bytes", "reset_tally", "step_tally"]
 
 
 @torch.no_grad()
@@ -102,7 +102,9 @@ class BackRazorConv2d(nn.Conv2d):
         if self.padding_mode != "zeros" or isinstance(self.padding, str):
             raise ValueError("BackRazorConv2d supports numeric zero padding only")
         self.rho = rho
+        self.enabled = True  # False: a plain conv (a framework's prune=False step)
         self.record: Optional[Dict[str, object]] = None
+        self.tally: Optional[Dict[str, float]] = None  # sums over training forwards since reset_tally
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, rho: float) -> "BackRazorConv2d":
@@ -113,7 +115,7 @@ class BackRazorConv2d(nn.Conv2d):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.rho == 0.0 or not self.training or not torch.is_grad_enabled():
+        if self.rho == 0.0 or not self.enabled or not self.training or not torch.is_grad_enabled():
             return super().forward(x)
         kept = keep_mask(x, self.rho)
         y = BackRazorConv2dFunction.apply(x, self.weight, self.bias, kept, self.stride, self.padding,
@@ -123,7 +125,22 @@ class BackRazorConv2d(nn.Conv2d):
                                pruned_products=float(((~kept).sum(0).to(x.dtype) * coverage(self, tuple(x.shape[-2:]),
                                                    tuple(y.shape[-2:]), x.device, x.dtype)).sum()),
                                kept_fraction=float(kept.float().mean()))
+            self._tally(x, y, kept)
         return y
+
+    def _tally(self, x: torch.Tensor, y: torch.Tensor, kept: torch.Tensor) -> None:
+        """Add this training forward to :attr:`tally` (summed over calls until :func:`reset_tally`)."""
+        r = self.record
+        fwd = 2.0 * self.kernel_size[0] * self.kernel_size[1] * (self.in_channels // self.groups) \
+            * self.out_channels * y.shape[-2] * y.shape[-1] * x.shape[0]
+        n_kept = float(kept.sum())
+        call = dict(dense_train_flops=fwd * (2 + int(r["input_grad"])),
+                    skipped_flops=2.0 * (self.out_channels // self.groups) * r["pruned_products"],
+                    elements=float(x.numel()), kept_elements=n_kept,
+                    bytes_dense=float(x.numel() * x.element_size()),
+                    bytes_kept=n_kept * x.element_size() + float((x.numel() + 7) // 8))
+        tally = getattr(self, "tally", None) or dict.fromkeys(call, 0.0)
+        self.tally = {k: tally[k] + v for k, v in call.items()}
 
 
 def coverage(conv: nn.Conv2d, in_hw: Tuple[int, int], out_hw: Tuple[int, int], device=None, dtype=torch.float32
@@ -154,6 +171,30 @@ def convert_back_razor(model: nn.Module, rho: float, skip_first: bool = False) -
         setattr(parent, name.rsplit(".", 1)[-1], BackRazorConv2d.from_conv(mod, rho))
         names.append(name)
     return names
+
+
+def reset_tally(model: nn.Module) -> None:
+    """Forget what every ``BackRazorConv2d`` of ``model`` tallied (call before each step)."""
+    for m in model.modules():
+        if isinstance(m, BackRazorConv2d):
+            m.tally = None
+
+
+def step_tally(model: nn.Module) -> Dict[str, float]:
+    """Sums over every ``BackRazorConv2d`` and training forward since :func:`reset_tally`.
+
+    ``dense_train_flops``: forward + grad-weight (+ grad-input when the conv's input needs grad) of
+    those calls; ``skipped_flops``: the grad-weight products of pruned activations; ``elements`` /
+    ``kept_elements``: conv input activations; ``bytes_dense`` / ``bytes_kept``: what the convs save
+    for backward without / with Back Razor (kept values + the 1-bit mask; the weight not counted).
+    """
+    keys = ("dense_train_flops", "skipped_flops", "elements", "kept_elements", "bytes_dense", "bytes_kept")
+    total = dict.fromkeys(keys, 0.0)
+    for m in model.modules():
+        if isinstance(m, BackRazorConv2d) and m.tally:
+            for k in keys:
+                total[k] += m.tally[k]
+    return total
 
 
 def back_razor_stats(model: nn.Module, input_hw, batch: int) -> GatingStats:

@@ -39,6 +39,7 @@ Choices the poster leaves open, and how they are made here (also docs/GATING.md)
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
@@ -213,17 +214,12 @@ def cdg_stats(model: nn.Module, input_hw: Sequence[int], branches: Sequence[int]
     key = (int(input_hw[0]), int(input_hw[1]))
     cache = model.__dict__.setdefault("_cdg_dense_flops", {})
     if key not in cache:
-        p = next(model.parameters())
         shape = (1, 3 if not hasattr(model, "in_chans") else model.in_chans, *key)
-        enabled = [c.gating_enabled for c in convs]
-        saved = [(dict(c.density), c.out_hw) for c in convs]
-        try:
-            for c in convs:
-                c.gating_enabled = False
-            cache[key] = (dense_model_flops(model, shape, backward=False), dense_model_flops(model, shape, backward=True))
-        finally:
-            for c, e, (d, hw) in zip(convs, enabled, saved):
-                c.gating_enabled, c.density, c.out_hw = e, d, hw
+        # counted on a copy with gating off, so the counting forward leaves no trace in BN statistics
+        twin = copy.deepcopy(model).eval()
+        for c in _cdg_convs(twin):
+            c.gating_enabled = False
+        cache[key] = (dense_model_flops(twin, shape, backward=False), dense_model_flops(twin, shape, backward=True))
     fwd_dense, train_dense = cache[key]
     skipped_fwd = cond_total = cond_kept = 0.0
     extra = {}

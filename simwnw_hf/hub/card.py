@@ -25,7 +25,8 @@ TEMPLATE_PATH = Path(__file__).resolve().parent / "model_card_template.md"
 
 FRAMEWORK_NAMES = {"simclr": "SimCLR", "simsiam": "SimSiam", "byol": "BYOL", "moco": "MoCo v2",
                    "vicreg": "VICReg", "dino": "DINO"}
-PRUNING_NAMES = {"simwnw": "SimWnW", "simprune": "SimPrune", "evit": "EViT"}
+PRUNING_NAMES = {"simwnw": "SimWnW", "simprune": "SimPrune", "evit": "EViT", "dualgate": "dual gating (VICReg dense + gated)",
+                 "cdg": "CDG", "scdg": "SCDG", "back_razor": "Back Razor"}
 CHECKPOINT_NAME = re.compile(r"^checkpoint-\d+$")
 PAPER_EPOCHS = 800  # SimWnW paper, Table 1: training from scratch, 800 epochs
 
@@ -211,7 +212,17 @@ def _limitations(record: dict) -> list:
     if not record.get("final_checkpoint", True):
         lines.append(f"`{record.get('checkpoint')}` is an intermediate checkpoint of its run; its FLOPs and time "
                      "are the counters at that step.")
-    if _method(record):
+    inference = record.get("inference_flops")
+    if inference:
+        lines.append(f"Inference runs the gated network with eval-mode hard gates: {_flops(inference['flops_per_image'])} "
+                     f"per image ({100 * inference['flops_ratio']:.1f}% of the dense network's "
+                     f"{_flops(inference['dense_flops_per_image'])}, gate sparsity {inference['gate_sparsity']:.3f}), "
+                     f"measured on {inference['num_images']} images of {_dataset_label(inference.get('dataset'))} "
+                     f"(split `{inference.get('split')}`); the count depends on the input.")
+    elif record.get("subnetwork") == "dense":
+        lines.append(f"This is the dense sub-network of a dual-gate run (trained as `{record.get('trained_as')}`): "
+                     "inference runs the full dense network.")
+    elif _method(record):
         lines.append("Pruning only changes training cost: single-image inference runs the full dense network, "
                      "so inference FLOPs equal the dense encoder's.")
         lines.append("Training FLOPs are counted, not timed: wall-clock savings depend on how well the hardware "
@@ -290,6 +301,8 @@ def render_card(record: dict, config: dict, repo_id: str, baseline: Optional[dic
         "flops_saving_pct": None if record.get("flops_saving_pct") is None else round(record["flops_saving_pct"], 2),
         "overhead_flops": record.get("overhead_flops"),
         "training_steps": record.get("steps"),
+        "inference_flops_per_image": (record.get("inference_flops") or {}).get("flops_per_image"),
+        "mean_sparsity": record.get("mean_sparsity"),
         "training_wall_time_s": None if record.get("wall_time_s") is None else round(record["wall_time_s"], 1),
     }
     tags = ["image-feature-extraction", "timm", "transformers", "self-supervised-learning", "simwnw_hf",
@@ -326,6 +339,10 @@ def render_card(record: dict, config: dict, repo_id: str, baseline: Optional[dic
         f"{PRUNING_NAMES.get(method, method)} (" + ", ".join(f"{k}={v}" for k, v in pruning_settings.items()) + ")")
     if record.get("mean_removal_ratio") is not None:
         pruning_text += f"; mean removal ratio {record['mean_removal_ratio']:.3f}"
+    for key, label in (("mean_sparsity", "mean sparsity"), ("mean_forward_flops_ratio", "mean gated forward FLOPs ratio"),
+                       ("mean_activation_saved_fraction", "mean conv activation bytes saved")):
+        if record.get(key) is not None:
+            pruning_text += f"; {label} {record[key]:.3f}"
     if record.get("mean_kept_token_ratio") is not None:
         pruning_text += f"; mean kept-token ratio {record['mean_kept_token_ratio']:.3f}"
     model_args = record.get("model_args") or {}

@@ -34,6 +34,7 @@ import simwnw_hf  # noqa: F401  (registers simwnw_* architectures with timm)
 from .card import render_card
 from .comparable import check_baseline
 from .record import find_checkpoint, record_to_metadata, training_record
+from .subnetworks import SUBNETWORKS, dense_subnetwork, inference_batch, is_dualgate_record, measure_inference_flops
 
 __all__ = ["export_run", "build_encoder", "hub_config", "default_repo_id", "recipe_tag", "CONFIG_FILE", "CARD_FILE"]
 
@@ -52,7 +53,9 @@ def recipe_tag(record: dict) -> str:
 
     dataset = hub_dataset_id(record.get("dataset")) or Path(str(record.get("dataset"))).stem
     method = (record.get("pruning") or {}).get("method") or "dense"
-    return "_".join(_slug(part) for part in (record["framework"], method, dataset.split("/")[-1]))
+    parts = (record["framework"], method, *([record["subnetwork"]] if record.get("subnetwork") else []),
+             dataset.split("/")[-1])
+    return "_".join(_slug(part) for part in parts)
 
 
 def default_repo_id(record: dict, namespace: str = "simwnw-hf") -> str:
@@ -133,7 +136,8 @@ def _install(tmp: Path, out_dir: Path, overwrite: bool) -> None:
 def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint=None, *,
                repo_id: Optional[str] = None, baseline_run: Union[None, str, Path] = None,
                dataset_id: Optional[str] = None, license: Optional[str] = None,
-               publish_command: Optional[str] = None, notes=(), overwrite: bool = False) -> Path:
+               publish_command: Optional[str] = None, notes=(), overwrite: bool = False,
+               subnetwork: Optional[str] = None, flops_dataset: Optional[str] = None) -> Path:
     """Export one checkpoint of a training run as a Hub-ready folder.
 
     Args:
@@ -144,6 +148,11 @@ def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint=
         baseline_run: run dir of the dense baseline for the card's results table; refused (ValueError)
             unless it differs from this run only in pruning (``comparable.check_baseline``).
         dataset_id / license / publish_command / notes: card options (see ``render_card``).
+        subnetwork: dual-gate runs only (:mod:`.subnetworks`): ``gated`` (default; the registered
+            ``simwnw_dualgate_*`` model, inference FLOPs measured on a batch and stated on the card) or
+            ``dense`` (the dense sub-network as the plain timm ResNet twin).
+        flops_dataset: images for the gated network's inference FLOPs (default: the run's dataset,
+            its eval split).
 
     Returns:
         ``out_dir`` as a Path.
@@ -154,7 +163,7 @@ def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint=
     ckpt = find_checkpoint(run_dir, checkpoint)
     record = training_record(run_dir, ckpt)
     state_dict = load_file(str(ckpt / WEIGHTS_FILE))
-    model = build_encoder(record, state_dict)
+    record, model = _encoder_to_export(record, state_dict, subnetwork, flops_dataset)
     config = hub_config(model, record)
     baseline = training_record(baseline_run) if baseline_run is not None else None
     if baseline is not None:
@@ -173,6 +182,23 @@ def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint=
     return out_dir
 
 
+def _encoder_to_export(record: dict, state_dict: dict, subnetwork: Optional[str], flops_dataset: Optional[str]):
+    """``(record, encoder)`` of the export; a dual-gate run exports its gated or its dense sub-network."""
+    if not is_dualgate_record(record):
+        if subnetwork is not None:
+            raise ValueError("--subnetwork applies to dual-gate runs (--gating dualgate) only")
+        return record, build_encoder(record, state_dict)
+    subnetwork = subnetwork or "gated"
+    if subnetwork not in SUBNETWORKS:
+        raise ValueError(f"--subnetwork must be one of {', '.join(SUBNETWORKS)}, got '{subnetwork}'")
+    if subnetwork == "dense":
+        record, state_dict = dense_subnetwork(record, state_dict)
+        return record, build_encoder(record, state_dict)
+    model = build_encoder(record, state_dict)
+    batch, source = inference_batch(record, model, dataset=flops_dataset)
+    return {**record, "subnetwork": "gated", "inference_flops": {**measure_inference_flops(model, batch), **source}}, model
+
+
 def main(argv=None) -> int:
     """``python -m simwnw_hf.hub RUN_DIR OUT_DIR``: export a run to a Hub-ready folder without uploading."""
     import argparse
@@ -187,13 +213,18 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline-run", default=None, help="dense run dir for the card's comparison table")
     parser.add_argument("--dataset-id", default=None, help="Hub dataset id for the card metadata")
     parser.add_argument("--note", action="append", default=[], help="extra limitation line for the card")
+    parser.add_argument("--subnetwork", choices=SUBNETWORKS, default=None,
+                        help="dual-gate runs: export the gated network (default) or the dense sub-network")
+    parser.add_argument("--flops-dataset", default=None,
+                        help="dual-gate gated export: images for the inference FLOPs (default: the run's dataset)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
     args = parser.parse_args(argv)
     command = "python -m simwnw_hf.hub " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         out = export_run(args.run_dir, args.out_dir, args.checkpoint, repo_id=args.repo_id,
                          baseline_run=args.baseline_run, dataset_id=args.dataset_id, notes=args.note,
-                         publish_command=command, overwrite=args.force)
+                         publish_command=command, overwrite=args.force, subnetwork=args.subnetwork,
+                         flops_dataset=args.flops_dataset)
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ from simwnw_hf.pruning.settings import pruning_record
 from simwnw_hf.train.checkpoint import CHECKPOINT_RE, STATE_FILE, WEIGHTS_FILE, list_checkpoints
 from simwnw_hf.train.config import TrainConfig
 from simwnw_hf.train.layout import EVAL_FILE, RUN_CONFIG_FILE, SUMMARY_FILE
-from simwnw_hf.train.summary import cost_summary
+from simwnw_hf.train.summary import GATING_RATIOS, cost_summary
 
 __all__ = ["RECORD_KEYS", "find_checkpoint", "training_record", "missing_fields",
            "record_to_metadata", "metadata_to_record", "read_training_record"]
@@ -41,6 +41,8 @@ RECORD_KEYS = (
     "batch_size", "train_flops", "dense_train_flops", "flops_saving_pct", "overhead_flops",
     "mean_removal_ratio", "mean_kept_token_ratio", "wall_time_s", "hardware", "eval", "versions", "git_commit",
 )
+# Means of the gating methods' stats (None unless the run's method measures them), from the same cost_summary.
+GATING_MEANS = tuple(f"mean_{name}" for name in GATING_RATIOS)
 # Keys whose value may legitimately be None (e.g. no removal ratio for a dense or token-pruned run).
 NULLABLE_KEYS = ("mean_removal_ratio", "mean_kept_token_ratio", "split", "git_commit")
 
@@ -152,7 +154,7 @@ def training_record(run_dir: Union[str, Path], checkpoint: Union[None, int, str,
         for key in ("hardware", "versions", "git_commit", "num_images", "global_batch_size"):
             record[key] = summary.get(key, record[key])
         if final:  # the run-end figures are exactly this checkpoint's
-            for key in RECORD_KEYS + ("num_images", "global_batch_size", "skipped_images"):
+            for key in RECORD_KEYS + ("num_images", "global_batch_size", "skipped_images") + GATING_MEANS:
                 if key in summary and key != "eval":
                     record[key] = summary[key]
             record["model_args"] = _model_args(record["model_args"])

@@ -27,7 +27,7 @@ from simwnw_hf.gating.dualgate import ChannelGate
 
 from .resnet import CIFAR10_MEAN, CIFAR10_STD, SimWnWResNet, _cfg
 
-__all__ = ["DualGateBasicBlock", "DualGateResNet", "dense_state_dict"]
+__all__ = ["DualGateBasicBlock", "DualGateResNet", "GATED_KEY_PARTS", "dense_state_dict"]
 
 
 class DualGateBasicBlock(BasicBlock):
@@ -110,10 +110,13 @@ class DualGateResNet(SimWnWResNet):
         return self.forward_head(self.forward_features(x, gated))
 
 
+GATED_KEY_PARTS = (".gate.", ".bn1_gated.", ".bn2_gated.")
+"""Parts of the state_dict keys that belong to the gated path only (dropped for the dense sub-network)."""
+
+
 def dense_state_dict(model: DualGateResNet) -> Dict[str, torch.Tensor]:
     """The dense sub-network as a plain timm ResNet state_dict (gates and gated BN dropped)."""
-    drop = (".gate.", ".bn1_gated.", ".bn2_gated.")
-    return {k: v for k, v in model.state_dict().items() if not any(d in k for d in drop)}
+    return {k: v for k, v in model.state_dict().items() if not any(d in k for d in GATED_KEY_PARTS)}
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> DualGateResNet:

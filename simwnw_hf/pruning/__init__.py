@@ -9,7 +9,10 @@ once, accepted by the model, stored in the record), the *plan* of what to remove
 from .settings import (PRUNING_METHODS, TOKEN_PRUNING_METHODS, PruningSettings, SimWnWSettings,  # noqa: F401
                        TokenPruningSettings, accepted_settings, check_family, model_name, pruning_record, reported_ratios,
                        settings_from_record)
-from .stats import PairPlan, PairStats  # noqa: F401
+from .stats import RATIO_NAMES, PairPlan, PairStats  # noqa: F401
+from .gating import (GATING_METHODS, BackRazorSettings, CDGSettings, DualGateSettings,  # noqa: F401
+                     GatingSettings, check_gating_fit)
 
 __all__ = ["PRUNING_METHODS", "TOKEN_PRUNING_METHODS", "PruningSettings", "SimWnWSettings",
-           "TokenPruningSettings", "accepted_settings", "check_family", "model_name", "pruning_record", "reported_ratios", "settings_from_record", "PairPlan", "PairStats"]
+           "TokenPruningSettings", "accepted_settings", "check_family", "model_name", "pruning_record", "reported_ratios", "settings_from_record", "PairPlan", "PairStats", "RATIO_NAMES", "GATING_METHODS",
+           "BackRazorSettings", "CDGSettings", "DualGateSettings", "GatingSettings", "check_gating_fit"]

@@ -182,9 +182,14 @@ def pruning_record(settings: Optional[PruningSettings]) -> dict:
 
 
 def settings_from_record(record: Optional[dict]) -> Optional[PruningSettings]:
-    """Inverse of :func:`pruning_record` (token settings are the ones with ``keep_rate``); None: dense."""
+    """Inverse of :func:`pruning_record` (token settings are the ones with ``keep_rate``; gating methods
+    by name, :mod:`.gating`); None: dense."""
     if not record or record.get("method") is None:
         return None
+    from .gating import GATING_RECORD_METHODS, gating_from_record
+
+    if record["method"] in GATING_RECORD_METHODS:
+        return gating_from_record(record)
     cls = TokenPruningSettings if "keep_rate" in record else SimWnWSettings
     names = {f for f in cls.__dataclass_fields__ if f != "method"}
     values = {k: v for k, v in record.items() if k in names}
@@ -194,6 +199,6 @@ def settings_from_record(record: Optional[dict]) -> Optional[PruningSettings]:
 
 
 def reported_ratios(record: Optional[dict]) -> Tuple[str, ...]:
-    """Ratios the method of a pruning record measures (``removal_ratio``, ``kept_token_ratio``); () when dense."""
+    """Ratios the method of a pruning record measures (names in :data:`.stats.RATIO_NAMES`); () when dense."""
     settings = settings_from_record(record)
     return settings.ratios if settings is not None else ()

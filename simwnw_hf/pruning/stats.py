@@ -11,6 +11,10 @@ from dataclasses import dataclass, fields
 from typing import Any, Iterable, Optional
 
 
+RATIO_NAMES = ("removal_ratio", "kept_token_ratio", "sparsity", "forward_flops_ratio", "activation_saved_fraction")
+"""Per-pair means a method can measure (``settings.ratios`` names the ones it does); PairStats properties."""
+
+
 @dataclass(frozen=True)
 class PairStats:
     """Cost and effect of pair pruning, summed over encoder calls (FLOPs: forward + backward when grad is on).
@@ -21,6 +25,12 @@ class PairStats:
     overhead_flops: work pruning added (block/patch matching, waxing, token selection).
     removed_fraction_sum: sum over pairs of the fraction of input pixels/tokens removed (SimWnW).
     kept_token_fraction_sum: sum over pairs of tokens x blocks run / dense tokens x blocks (ViTs).
+    sparsity_sum: sum over pairs of the gating method's sparsity (dual gate: block channels off; CDG:
+        conditional conv work off; Back Razor: conv input activations dropped from the backward).
+    forward_dense_flops / forward_pruned_flops: forward-only (inference) FLOPs of the gated view(s),
+        dense vs as run (dual gate: the gated view; CDG: both branches); 0 for the other methods.
+    activation_bytes_dense / activation_bytes_kept: bytes the method's layers save for backward, dense
+        vs as run (Back Razor's convs: kept values + a 1-bit mask); 0 for the other methods.
     """
 
     pairs: float = 0.0
@@ -29,6 +39,11 @@ class PairStats:
     overhead_flops: float = 0.0
     removed_fraction_sum: float = 0.0
     kept_token_fraction_sum: float = 0.0
+    sparsity_sum: float = 0.0
+    forward_dense_flops: float = 0.0
+    forward_pruned_flops: float = 0.0
+    activation_bytes_dense: float = 0.0
+    activation_bytes_kept: float = 0.0
 
     def __add__(self, other: "PairStats") -> "PairStats":
         if not isinstance(other, PairStats):
@@ -58,6 +73,21 @@ class PairStats:
         return self.kept_token_fraction_sum / self.pairs if self.pairs else 0.0
 
     @property
+    def sparsity(self) -> float:
+        """Mean sparsity of a gating method per pair (0 when nothing was gated)."""
+        return self.sparsity_sum / self.pairs if self.pairs else 0.0
+
+    @property
+    def forward_flops_ratio(self) -> float:
+        """Inference FLOPs of the gated view(s) as run / dense; 1.0 when no gated forward ran."""
+        return self.forward_pruned_flops / self.forward_dense_flops if self.forward_dense_flops else 1.0
+
+    @property
+    def activation_saved_fraction(self) -> float:
+        """Share of the method's saved-for-backward activation bytes it did not keep; 0 when none."""
+        return 1.0 - self.activation_bytes_kept / self.activation_bytes_dense if self.activation_bytes_dense else 0.0
+
+    @property
     def flops_ratio(self) -> float:
         """(pruned + overhead) / dense FLOPs of the pair forwards; 1.0 when nothing ran."""
         return (self.pruned_flops + self.overhead_flops) / self.dense_flops if self.dense_flops else 1.0
@@ -65,8 +95,7 @@ class PairStats:
     def as_dict(self) -> dict:
         """Field values plus the ratio properties, as floats."""
         out = {f.name: float(getattr(self, f.name)) for f in fields(self)}
-        out.update(removal_ratio=self.removal_ratio, kept_token_ratio=self.kept_token_ratio,
-                   flops_ratio=self.flops_ratio)
+        out.update({name: getattr(self, name) for name in RATIO_NAMES}, flops_ratio=self.flops_ratio)
         return out
 
 

@@ -10,7 +10,7 @@ temperature), listed by :meth:`SSLFramework.encoders`.
 
 from __future__ import annotations
 
-from typing import ClassVar, List
+from typing import ClassVar, List, Optional
 
 import torch.nn as nn
 
@@ -41,10 +41,20 @@ class SSLFramework(nn.Module):
         """The backbones this framework runs (online first, then momentum/teacher)."""
         return [self.backbone]
 
-    def set_progress(self, progress: float) -> None:
-        """Fraction of training done, in [0, 1]; forwarded to the encoders that follow a schedule."""
+    epoch: float = 0.0  # epochs done (fractional), set by set_progress; dual gating anneals by it
+
+    def set_progress(self, progress: float, epoch: Optional[float] = None) -> None:
+        """Fraction of training done, in [0, 1]; forwarded to the encoders that follow a schedule.
+
+        ``epoch``: epochs done (the trainer passes ``step / steps_per_epoch``), kept in :attr:`epoch`
+        for losses annealed per epoch (dual gating's bound loss); None leaves it unchanged.
+        """
         if not 0.0 <= float(progress) <= 1.0:
             raise ValueError(f"progress must be in [0, 1], got {progress}")
+        if epoch is not None:
+            if not float(epoch) >= 0.0:
+                raise ValueError(f"epoch must be >= 0, got {epoch}")
+            self.epoch = float(epoch)
         for encoder in self.encoders():
             if callable(getattr(encoder, "set_progress", None)):
                 encoder.set_progress(float(progress))

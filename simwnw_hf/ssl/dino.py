@@ -18,7 +18,7 @@ take the plain single-image path.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -263,10 +263,10 @@ class DINO(SSLFramework):
         return {"out_dim": cfg.dino_out_dim}
 
     @torch.no_grad()
-    def set_progress(self, progress: float) -> None:
+    def set_progress(self, progress: float, epoch: Optional[float] = None) -> None:
         """Fraction of training done; drives the teacher temperature warm-up, the last-layer freeze and
         the encoders' pruning schedules."""
-        super().set_progress(progress)
+        super().set_progress(progress, epoch)
         self.progress.fill_(float(progress))
 
     @torch.no_grad()

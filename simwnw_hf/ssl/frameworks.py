@@ -9,7 +9,12 @@ counted once. :data:`FRAMEWORKS` is the one registry of frameworks (DINO include
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+
+from simwnw_hf.gating.training import encode_cdg_pair, encode_dualgate_pair
+from simwnw_hf.pruning.gating import CDGSettings, DualGateSettings
 
 from . import heads
 from .base import SSLFramework, two_views
@@ -26,14 +31,22 @@ class SimCLR(SSLFramework):
     name, sgd_lr, sgd_weight_decay = "simclr", 0.3, 1e-6
 
     def __init__(self, backbone, num_features: int, hidden_dim: int = 2048, out_dim: int = 128,
-                 temperature: float = 0.5):
+                 temperature: float = 0.5, cdg: Optional[CDGSettings] = None):
         super().__init__()
         self.backbone = backbone
         self.projection_head = heads.simclr_projection(num_features, hidden_dim, out_dim)
         self.criterion = NTXentLoss(temperature)
+        self.cdg = cdg  # CDG / SCDG (seed 003): branch 0 gates view 1, branch 1 view 2
+
+    @classmethod
+    def config_kwargs(cls, cfg) -> dict:
+        return {"cdg": cfg.pruning} if isinstance(cfg.pruning, CDGSettings) else {}
 
     def forward(self, batch, prune: bool = True):
         x1, x2, g1, g2 = two_views(batch)
+        if self.cdg is not None:
+            f1, f2, extra, stats = encode_cdg_pair(self.backbone, x1, x2, self.cdg, prune)
+            return self.criterion(self.projection_head(f1), self.projection_head(f2)) + extra, stats
         plan = plan_pair(self.backbone, x1, x2, g1, g2, prune)
         f1, f2, stats = encode_pair(self.backbone, x1, x2, plan)
         return self.criterion(self.projection_head(f1), self.projection_head(f2)), plan_stats(plan) + stats
@@ -144,14 +157,23 @@ class VICReg(SSLFramework):
 
     name, sgd_lr, sgd_weight_decay = "vicreg", 0.3, 1e-4
 
-    def __init__(self, backbone, num_features: int, hidden_dim: int = 2048, out_dim: int = 2048):
+    def __init__(self, backbone, num_features: int, hidden_dim: int = 2048, out_dim: int = 2048,
+                 dual_gate: Optional[DualGateSettings] = None):
         super().__init__()
         self.backbone = backbone
         self.projection_head = heads.vicreg_projection(num_features, hidden_dim, out_dim)
         self.criterion = VICRegLoss()
+        self.dual_gate = dual_gate  # seed 002: view 1 gated path, view 2 dense path, one shared projector
+
+    @classmethod
+    def config_kwargs(cls, cfg) -> dict:
+        return {"dual_gate": cfg.pruning} if isinstance(cfg.pruning, DualGateSettings) else {}
 
     def forward(self, batch, prune: bool = True):
         x1, x2, g1, g2 = two_views(batch)
+        if self.dual_gate is not None:
+            f1, f2, extra, stats = encode_dualgate_pair(self.backbone, x1, x2, self.dual_gate, self.epoch, prune)
+            return self.criterion(self.projection_head(f1), self.projection_head(f2)) + extra, stats
         plan = plan_pair(self.backbone, x1, x2, g1, g2, prune)
         f1, f2, stats = encode_pair(self.backbone, x1, x2, plan)
         return self.criterion(self.projection_head(f1), self.projection_head(f2)), plan_stats(plan) + stats

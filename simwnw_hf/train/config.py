@@ -9,6 +9,8 @@ import typing
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from simwnw_hf.pruning.gating import (GATING_METHODS, BackRazorSettings, CDGSettings, DualGateSettings, GatingSettings,
+                                      check_gating_fit)
 from simwnw_hf.pruning.settings import TOKEN_PRUNING_METHODS, PruningSettings, SimWnWSettings, TokenPruningSettings
 
 
@@ -56,6 +58,14 @@ class TrainConfig:
     token_pruning: Optional[str] = None
     keep_rate: float = 0.8
     prune_layers: Tuple[int, ...] = (4, 7, 10)  # 0-based: prune at the input of blocks[l]
+    # gating methods (issue 11, docs/GATING.md); at most one of --simwnw, --token-pruning, --gating, --back-razor
+    gating: Optional[str] = None  # dualgate (VICReg, simwnw_dualgate_resnet* models) | cdg | scdg (SimCLR, CNN encoders)
+    gate_target: float = 0.3  # dualgate: t_d, kept fraction of the gated path's inference FLOPs
+    gate_budget_weight: float = 5.0  # dualgate: lambda of the FLOPs budget loss lambda (F_real / F_full - t_d)^2
+    gate_bound_weight: float = 1.0  # dualgate: gamma of DGNet's per-layer bound loss (annealed exp(-0.02 epoch))
+    gate_groups: int = 4  # cdg/scdg: channel groups p; the base path reads 1/p of the input channels (even)
+    gate_alpha: float = 2.0  # cdg/scdg: slope of the gate sigmoid (CGNet)
+    back_razor: Optional[float] = None  # RHO in (0, 1): every conv keeps only the largest 1-RHO of its input for grad-weight (CNNs, any framework)
     # DINO
     n_local_crops: int = 0
     local_crop_size: int = 96
@@ -78,11 +88,19 @@ class TrainConfig:
                              f"got '{self.token_pruning}'")
         if self.simwnw and self.token_pruning:
             raise ValueError("--simwnw (CNN block removal) and --token-pruning (ViT) are exclusive")
+        if self.gating not in (None,) + GATING_METHODS:
+            raise ValueError(f"--gating must be one of {', '.join(GATING_METHODS)}, got '{self.gating}'")
+        chosen = [flag for flag, on in (("--simwnw", self.simwnw), ("--token-pruning", self.token_pruning),
+                                        ("--gating", self.gating), ("--back-razor", self.back_razor is not None)) if on]
+        if len(chosen) > 1:
+            raise ValueError(f"{' and '.join(chosen)} are exclusive: a run uses one pruning/gating method")
         if not 0 < self.keep_rate <= 1:
             raise ValueError(f"--keep-rate must be in (0, 1], got {self.keep_rate}")
         for name in ("model_args", "framework_args"):
             _json_object(getattr(self, name), "--" + name.replace("_", "-"))
-        self.pruning  # validates the pruning settings now, before anything is built
+        settings = self.pruning  # validates the pruning settings now, before anything is built
+        if isinstance(settings, GatingSettings):
+            check_gating_fit(settings, self.framework)
 
     @property
     def model_kwargs(self) -> dict:
@@ -94,7 +112,10 @@ class TrainConfig:
 
     @property
     def pruning(self) -> Optional[PruningSettings]:
-        """The settings object handed to the backbone's ``configure_pair_pruning``; None when training dense.
+        """The settings object of the run's method; None when training dense.
+
+        Pair pruners' settings go to the backbone's ``configure_pair_pruning``; gating settings
+        (:mod:`simwnw_hf.pruning.gating`) to :func:`simwnw_hf.gating.training.prepare_backbone`.
 
         SimWnW's block size and search window are resolved for ``image_size`` here (5 and 10 at 32px),
         so the record stores the values used; a ViT resolves its token search window from its patch size.
@@ -108,6 +129,13 @@ class TrainConfig:
             return TokenPruningSettings(method=self.token_pruning, psnr_threshold=self.psnr_threshold,
                                         search_window=self.search_window, keep_rate=self.keep_rate,
                                         prune_layers=tuple(self.prune_layers))
+        if self.gating == "dualgate":
+            return DualGateSettings(target=self.gate_target, budget_weight=self.gate_budget_weight,
+                                    bound_weight=self.gate_bound_weight)
+        if self.gating in ("cdg", "scdg"):
+            return CDGSettings(method=self.gating, gate_groups=self.gate_groups, alpha=self.gate_alpha)
+        if self.back_razor is not None:
+            return BackRazorSettings(rho=self.back_razor)
         return None
 
     @property

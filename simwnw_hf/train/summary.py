@@ -10,8 +10,12 @@ from typing import Mapping, Optional
 
 from simwnw_hf.pruning.settings import reported_ratios
 
+GATING_RATIOS = ("sparsity", "forward_flops_ratio", "activation_saved_fraction")
+"""Step means of the gating methods; summaries report ``mean_<name>`` (None unless the method measures it)."""
+
 COUNTER_KEYS = ("train_flops", "dense_flops", "overhead_flops", "wall_time_s", "removal_ratio_sum",
-                "kept_token_ratio_sum", "pruned_steps", "skipped_images")
+                "kept_token_ratio_sum", "pruned_steps", "skipped_images", "sparsity_sum", "forward_flops_ratio_sum",
+                "activation_saved_fraction_sum")
 """Cumulative, resumable counters of a run (``trainer_state.json["counters"]``)."""
 
 
@@ -42,4 +46,6 @@ def cost_summary(counters: Mapping[str, float], pruning: Mapping, num_processes:
         "mean_kept_token_ratio": (counters.get("kept_token_ratio_sum", 0.0) / pruned
                                   if pruned and "kept_token_ratio" in ratios else None),
         "wall_time_s": wall / num_processes if wall is not None else None,
+        **{f"mean_{name}": (counters.get(f"{name}_sum", 0.0) / pruned if pruned and name in ratios else None)
+           for name in GATING_RATIOS},
     }

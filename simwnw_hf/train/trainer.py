@@ -29,7 +29,9 @@ import simwnw_hf  # noqa: F401  (registers simwnw_* timm models)
 from simwnw_hf.data.datasets import ImageDataset, load_image_dataset
 from simwnw_hf.data.loader import EpochShuffleSampler, SkipUnreadable, ViewDataset
 from simwnw_hf.data.views import MultiCropTransform, TwoViewTransform
-from simwnw_hf.pruning import PairStats, pruning_record, reported_ratios
+from simwnw_hf.gating.training import (attach_back_razor, checkpoint_encoder, is_dualgate_model, is_gating,
+                                       prepare_backbone)
+from simwnw_hf.pruning import BackRazorSettings, PairStats, pruning_record, reported_ratios
 from simwnw_hf.ssl.base import ADAMW_LR, ADAMW_WEIGHT_DECAY
 from simwnw_hf.ssl.frameworks import FRAMEWORKS
 
@@ -39,7 +41,7 @@ from .config import TrainConfig
 from .flops import dense_step_flops
 from .layout import METRICS_FILE, RUN_CONFIG_FILE, SUMMARY_FILE
 from .run_files import append_metrics, check_finite, check_resume_config, truncate_metrics, write_json_atomic
-from .summary import COUNTER_KEYS, cost_summary
+from .summary import COUNTER_KEYS, GATING_RATIOS, cost_summary
 
 
 
@@ -63,6 +65,8 @@ def build_backbone(cfg: TrainConfig) -> torch.nn.Module:
     except RuntimeError as exc:
         raise ValueError(f"cannot create timm model '{cfg.model}': {exc}") from exc
     settings = cfg.pruning
+    if is_gating(settings) or is_dualgate_model(backbone):
+        return prepare_backbone(backbone, settings)  # converts in place (CDG, Back Razor) or checks the family
     if settings is not None:
         if not callable(getattr(backbone, "configure_pair_pruning", None)):
             raise ValueError(f"{settings.flag} needs a pruning-aware backbone ({settings.families}); "
@@ -73,17 +77,18 @@ def build_backbone(cfg: TrainConfig) -> torch.nn.Module:
 
 def resolved_pruning(backbone: torch.nn.Module, cfg: TrainConfig) -> dict:
     """The pruning record of the settings the backbone actually uses (resolved), or ``{"method": None}``."""
-    if cfg.pruning is None:
-        return pruning_record(None)
+    if cfg.pruning is None or is_gating(cfg.pruning):
+        return pruning_record(cfg.pruning)
     return pruning_record(getattr(backbone, "pair_settings", None) or cfg.pruning)
 
 
 def build_framework(cfg: TrainConfig, backbone: torch.nn.Module) -> torch.nn.Module:
     cls = FRAMEWORKS[cfg.framework]
     try:
-        return cls(backbone, backbone.num_features, **{**cls.config_kwargs(cfg), **cfg.framework_kwargs})
+        framework = cls(backbone, backbone.num_features, **{**cls.config_kwargs(cfg), **cfg.framework_kwargs})
     except TypeError as exc:
         raise ValueError(f"--framework-args do not fit {cfg.framework}: {exc}") from exc
+    return attach_back_razor(framework) if isinstance(cfg.pruning, BackRazorSettings) else framework
 
 
 def build_transform(cfg: TrainConfig, backbone: torch.nn.Module):
@@ -230,7 +235,7 @@ def _resume(run: Run) -> None:
     if not run.cfg.resume:
         return
     ckpt = find_resumable_checkpoint(run.out, expect={"architecture": run.cfg.model, "framework": run.cfg.framework},
-                                     shapes=run.unwrapped.backbone.state_dict())
+                                     shapes=checkpoint_encoder(run.unwrapped.backbone).state_dict())
     if ckpt is None:
         run.accelerator.print(f"--resume: no checkpoint in {run.out} yet; starting from step 0")
         return
@@ -291,7 +296,7 @@ def _count_skipped(run: Run, skipped: torch.Tensor) -> None:
 
 def train_step(run: Run, batch):
     """One optimizer step; returns ``(loss, PairStats)``. Progress reaches the framework explicitly."""
-    run.unwrapped.set_progress(run.step / run.total_steps)
+    run.unwrapped.set_progress(run.step / run.total_steps, epoch=run.step / run.steps_per_epoch)
     loss, stats = run.model(batch)
     run.accelerator.backward(loss)
     check_finite(run.accelerator, loss, run.params, run.step + 1, run.out)
@@ -317,6 +322,8 @@ def account_step(run: Run, loss: torch.Tensor, stats: PairStats, n_images: int, 
         counters.add("pruned_steps", 1)
         counters.add("removal_ratio_sum", stats.removal_ratio)
         counters.add("kept_token_ratio_sum", stats.kept_token_ratio)
+        for name in GATING_RATIOS:
+            counters.add(f"{name}_sum", getattr(stats, name))
     w = run.window
     w.loss += loss.item()
     w.steps += 1
@@ -348,14 +355,10 @@ def log_record(run: Run, epoch: int) -> dict:
               "train_flops": summed[2]}
     ratios = reported_ratios(run.pruning)
     if ratios:
-        means = torch.tensor([w.stats.removal_ratio, w.stats.kept_token_ratio], dtype=torch.float64, device=acc.device)
-        removal, kept = acc.reduce(means, reduction="mean").tolist()
+        means = torch.tensor([getattr(w.stats, name) for name in ratios], dtype=torch.float64, device=acc.device)
         record.update({"dense_flops": summed[3] / w.steps, "pruned_flops": summed[4] / w.steps,
                        "simwnw_flops": summed[4] / w.steps, "overhead_flops": summed[5] / w.steps})
-        if "removal_ratio" in ratios:
-            record["removal_ratio"] = removal
-        if "kept_token_ratio" in ratios:
-            record["kept_token_ratio"] = kept
+        record.update(zip(ratios, acc.reduce(means, reduction="mean").tolist()))
     return record
 
 
@@ -379,7 +382,7 @@ def maybe_save(run: Run) -> None:
     trainer_state = {"step": run.step, "epoch": run.step / run.steps_per_epoch, "total_steps": run.total_steps,
                      "dense_flops_per_image": run.dense_per_image, "counters": run.counters.values,
                      "pruning": run.pruning}
-    save_checkpoint(run.accelerator, run.unwrapped.backbone, run.out, run.step, trainer_state,
+    save_checkpoint(run.accelerator, checkpoint_encoder(run.unwrapped.backbone), run.out, run.step, trainer_state,
                     metadata={"architecture": run.cfg.model, "framework": run.cfg.framework, "step": str(run.step)},
                     keep=run.cfg.keep_checkpoints)
 
