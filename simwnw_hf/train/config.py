@@ -43,6 +43,7 @@ class TrainConfig:
     knn_eval: bool = True  # after training, kNN top-1 on the dataset's test split (when labels exist)
     eval_split: str = "test"
     eval_max_samples: Optional[int] = None
+    knn_random_init: bool = False  # also the kNN of the architecture at random init, the baseline in the closing report
     model_args: str = "{}"  # JSON dict of extra timm.create_model kwargs
     framework_args: str = "{}"  # JSON dict of framework kwargs, e.g. '{"hidden_dim": 512, "out_dim": 128}'
     # SimWnW on CNNs (paper §4): remove similar blocks from both views
