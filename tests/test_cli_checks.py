@@ -225,3 +225,37 @@ def test_report_states_gain_flops_saving_and_wall_time():
     assert "trained 35.0% vs random init 28.5% (+6.5 points)" in text
     assert "dense 20.00 TFLOP, simwnw 15.00 TFLOP (25.0% saved), mean removal ratio 0.31" in text
     assert "training steps 3m20s, whole run 4m10s" in text
+
+
+# ------------------------------------------------------------------ damaged weights, self-scored evals
+
+
+@pytest.mark.parametrize("target", ["checkpoint-2", "checkpoint-2/model.safetensors"])
+def test_eval_of_truncated_weights_is_one_line(tmp_path, target):
+    out = tmp_path / "run"
+    train(tiny(out))
+    weights = out / "checkpoint-2" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    proc = subprocess.run([sys.executable, "-m", "simwnw_hf.eval", "knn", "--checkpoint", str(out / target),
+                           "--max-train", "8", "--max-test", "8"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "model.safetensors" in last and ("truncated" in last or "damaged" in last)
+
+
+def test_upload_refuses_an_eval_scored_on_its_own_memory_bank():
+    from simwnw_hf.hub.upload import self_scored_evals
+
+    held = {"top1": 40.0, "holdout": None, "bank": {"dataset": "d", "split": "train"},
+            "queries": {"dataset": "d", "split": "test"}}
+    assert self_scored_evals({"eval": {"knn": held}}) == []
+    holdout = {**held, "holdout": {"of_split": "dev"}, "bank": {"dataset": "d", "split": "dev"},
+               "queries": {"dataset": "d", "split": "dev"}}
+    assert self_scored_evals({"eval": {"knn": holdout}}) == []
+    own = {**holdout, "holdout": None, "top1": 100.0}
+    (problem,) = self_scored_evals({"eval": {"knn": own}})
+    assert "own memory bank" in problem
+    old = {"top1": 100.0, "train_split": "dev", "test_split": "dev"}  # an old run's record: no bank / queries
+    (problem,) = self_scored_evals({"eval": {"linear": old}})
+    assert "does not record which images" in problem

@@ -87,7 +87,7 @@ def run(cfg) -> dict:
     if plan.enabled and summary.get("labelled") and main_process:
         summary["eval"] = {"knn": final_knn(cfg, excluded_holdout=bool(plan.exclude))}
         if cfg.knn_random_init:
-            summary["eval"]["knn_random_init"] = random_init_knn(cfg)
+            summary["eval"]["knn_random_init"] = {**random_init_knn(cfg), "random_init": True}  # never exported
         write_json_atomic(out / SUMMARY_FILE, summary)
         write_json_atomic(out / EVAL_FILE, summary["eval"])
     if main_process:
