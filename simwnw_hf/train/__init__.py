@@ -22,14 +22,11 @@ def _knn(cfg, backbone, trained_on) -> dict:
 
 
 def _headless(cfg):
-    import timm
+    """The backbone exactly as the trainer builds it (ViT size, multi-crop ``dynamic_img_size``), so the
+    checkpoint loads strictly; pair pruning only changes ``forward_pair``, never the plain forward."""
+    from .trainer import build_backbone
 
-    import simwnw_hf  # noqa: F401  (registers simwnw_* models)
-
-    kwargs = cfg.model_kwargs
-    if "vit" in cfg.model and "img_size" not in kwargs:
-        kwargs["img_size"] = cfg.image_size  # as the trainer built it
-    return timm.create_model(cfg.model, num_classes=0, **kwargs)
+    return build_backbone(cfg)
 
 
 def final_knn(cfg, excluded_holdout: bool = False) -> dict:
