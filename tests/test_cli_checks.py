@@ -259,3 +259,10 @@ def test_upload_refuses_an_eval_scored_on_its_own_memory_bank():
     old = {"top1": 100.0, "train_split": "dev", "test_split": "dev"}  # an old run's record: no bank / queries
     (problem,) = self_scored_evals({"eval": {"linear": old}})
     assert "does not record which images" in problem
+
+
+def test_resume_cannot_change_whether_the_holdout_is_trained_on(dev_only, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(out, dataset=str(dev_only), max_samples=None))  # --no-knn-eval: trained on the whole split
+    with pytest.raises(ValueError, match=r"eval_holdout_excluded=False \(now True\)"):
+        run(tiny(out, dataset=str(dev_only), max_samples=None, resume=True, max_steps=3, knn_eval=True))

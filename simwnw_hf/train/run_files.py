@@ -36,7 +36,7 @@ RUN_IDENTITY = ("framework", "model", "model_args", "framework_args", "dataset",
                 "max_samples", "image_size", "crop_min_scale", "batch_size", "seed", "optimizer", "lr",
                 "weight_decay", "warmup_steps", "simwnw", "block_size", "psnr_threshold", "search_window",
                 "max_rings", "token_pruning", "keep_rate", "prune_layers", "n_local_crops", "local_crop_size",
-                "dino_out_dim")
+                "dino_out_dim", "eval_holdout_excluded")
 
 
 def check_resume_config(path, current: dict) -> None:

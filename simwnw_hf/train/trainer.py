@@ -231,7 +231,7 @@ class Run:
         return self.out / METRICS_FILE
 
 
-def _check_output_dir(cfg: TrainConfig, out: Path) -> None:
+def _check_output_dir(cfg: TrainConfig, out: Path, excluded: bool = False) -> None:
     if checkpoint_dirs(out) and not cfg.resume:
         raise FileExistsError(f"{out} already holds checkpoints; pass --resume to continue that run "
                               f"or choose another --output-dir (nothing was overwritten)")
@@ -239,7 +239,7 @@ def _check_output_dir(cfg: TrainConfig, out: Path) -> None:
         if not checkpoint_dirs(out):  # as transformers' Trainer: nothing to resume from is an error
             raise FileNotFoundError(f"--resume: no checkpoint-<step>/ in {out} to resume from; "
                                     f"run without --resume to start this run from step 0")
-        check_resume_config(out / RUN_CONFIG_FILE, cfg.to_dict())
+        check_resume_config(out / RUN_CONFIG_FILE, {**cfg.to_dict(), "eval_holdout_excluded": excluded})
 
 
 def _build_loader(cfg: TrainConfig, views: ViewDataset, num_processes: int) -> DataLoader:
@@ -313,7 +313,7 @@ def build_run(cfg: TrainConfig, exclude: Optional[Sequence[int]] = None) -> Run:
         check_mixed_precision(accelerator.mixed_precision, accelerator.device)  # one warning line when it is slow
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
-    _check_output_dir(cfg, out)
+    _check_output_dir(cfg, out, excluded=bool(exclude))
     backbone = build_backbone(cfg)   # flags that do not fit the model fail here, before data loading
     framework = build_framework(cfg, backbone)
     images = _training_images(cfg, exclude)
