@@ -1,8 +1,10 @@
 """Training: typed config, Accelerate loop, atomic checkpoints, FLOPs metering.
 
-Layers: :func:`run` (what ``training/*.py`` calls) = :func:`~.trainer.train` (pre-training, writes
-checkpoints and ``summary.json``) followed by the final kNN evaluation of the last checkpoint
-(``eval.json``, and ``summary.json["eval"]``). The trainer itself never imports :mod:`simwnw_hf.eval`.
+Layers: :func:`run` (what ``training/*.py`` calls) = the run-end evaluation planned and checked before
+step 1 (:mod:`.eval_plan`) -> :func:`~.trainer.train` (pre-training, writes checkpoints and
+``summary.json``) -> the final kNN evaluation of the last checkpoint (``eval.json``,
+``summary.json["eval"]``; ``--knn-random-init`` adds the random-init baseline) -> the closing report
+(:mod:`.report`). The trainer itself never imports :mod:`simwnw_hf.eval`.
 """
 
 from __future__ import annotations
