@@ -200,7 +200,7 @@ def test_help_lists_the_framework_args_keys():
     text = " ".join(build_parser({"framework": "simsiam"}).format_help().split())
     assert "hidden_dim" in text and "out_dim" in text  # SimSiam's constructor keywords
     dino = " ".join(build_parser({"framework": "dino"}).format_help().split())
-    assert "teacher_temp" in dino or "out_dim" in dino
+    assert "teacher_temp=0.04" in dino and "out_dim=4096" in dino  # the value --dino-out-dim passes, not 65536
 
 
 def test_save_total_limit_is_an_alias_of_keep_checkpoints():

@@ -197,14 +197,26 @@ def field_docs() -> Tuple[dict, dict]:
 
 
 def framework_arg_keys(framework: str) -> list:
-    """``--framework-args`` keys of ``framework``: its constructor's keywords after (backbone, num_features)."""
+    """``--framework-args`` keys of ``framework`` with the values the script uses: its constructor's keywords
+    after (backbone, num_features), defaults overlaid with what flags set (``config_kwargs``)."""
     import inspect
 
     from simwnw_hf.ssl.frameworks import FRAMEWORKS
 
-    params = list(inspect.signature(FRAMEWORKS[framework].__init__).parameters.values())[3:]
-    return [f"{p.name}={p.default!r}" if p.default is not inspect.Parameter.empty else p.name for p in params
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    cls = FRAMEWORKS[framework]
+    params = list(inspect.signature(cls.__init__).parameters.values())[3:]
+    from_flags = cls.config_kwargs(TrainConfig(framework=framework))  # e.g. DINO's out_dim from --dino-out-dim
+    keys = []
+    for p in params:
+        if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            continue
+        if p.name in from_flags:  # the value the script passes (a flag of its own sets it)
+            keys.append(f"{p.name}={from_flags[p.name]!r}")
+        elif p.default is not inspect.Parameter.empty:
+            keys.append(f"{p.name}={p.default!r}")
+        else:
+            keys.append(p.name)
+    return keys
 
 
 def build_parser(defaults: Optional[dict] = None, description: str = "") -> argparse.ArgumentParser:
