@@ -49,12 +49,12 @@ def install(fault: str, n: int) -> None:
             return real(*a, **k)
         trainer_mod.check_finite = wrapped
     elif fault == "between_steps":  # after the optimizer step, before logging and checkpointing
-        real_account = trainer_mod.account_step
+        real_fs = trainer_mod.account_step
         hit = _nth(n, _die)
 
         def wrapped(*a, **k):
             hit()
-            return real_account(*a, **k)
+            return real_fs(*a, **k)
         trainer_mod.account_step = wrapped
     elif fault == "metrics_append":  # a torn line: part of the record reaches the file, then the kill
         real_append = trainer_mod.append_metrics

@@ -124,9 +124,11 @@ def test_eval_skips_to_newest_good_checkpoint(runs, tmp_path):
     assert 0 <= json.loads(proc.stdout.strip().splitlines()[-1])["top1"] <= 100
 
 
-def test_resume_with_no_checkpoint_says_it_starts_at_zero(tmp_path, capsys):
-    train(tiny(tmp_path, resume=True, max_steps=2))
-    assert "no checkpoint in" in capsys.readouterr().out
+def test_resume_with_no_checkpoint_is_an_error_before_any_work(tmp_path):
+    # as transformers' Trainer: --resume with nothing to resume from fails, it does not start at step 0
+    with pytest.raises(FileNotFoundError, match=r"--resume: no checkpoint-<step>/ in .* run without --resume"):
+        train(tiny(tmp_path / "run", resume=True, max_steps=2))
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_a_leftover_tmp_folder_is_never_resumed_from(runs, tmp_path):

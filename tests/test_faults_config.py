@@ -15,7 +15,7 @@ from simwnw_hf.hub import export as export_mod
 from simwnw_hf.hub import export_run
 from simwnw_hf.hub.upload import FolderValidationError, validate_folder
 from simwnw_hf.train.config import TrainConfig
-from simwnw_hf.train import run
+from simwnw_hf.train import run as train_and_evaluate
 from simwnw_hf.train.trainer import train
 
 
@@ -29,7 +29,7 @@ def tiny(output_dir, **kw):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "simsiam"
-    run(tiny(out))  # training + the entry point's kNN: an exportable, complete record
+    train_and_evaluate(tiny(out))  # training + the run-end kNN: an export needs an evaluation to validate
     return out
 
 

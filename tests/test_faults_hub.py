@@ -23,11 +23,11 @@ TOKEN = "hf_faultsecret_0123456789abcdef"
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     from simwnw_hf.train.config import TrainConfig
-    from simwnw_hf.train import run as train  # training + the final kNN: a complete record
+    from simwnw_hf.train import run as train_and_evaluate  # the run-end kNN: an export needs an evaluation
 
     run = tmp_path_factory.mktemp("run") / "simsiam"
-    train(TrainConfig(framework="simsiam", image_size=16, batch_size=4, max_samples=8, max_steps=1, eval_max_samples=8,
-                      output_dir=str(run), model_args='{"layers": [1, 1, 1, 1]}'))
+    train_and_evaluate(TrainConfig(framework="simsiam", image_size=16, batch_size=4, max_samples=8, max_steps=1,
+                                   eval_max_samples=8, output_dir=str(run), model_args='{"layers": [1, 1, 1, 1]}'))
     return export_run(run, tmp_path_factory.mktemp("export") / "encoder")
 
 

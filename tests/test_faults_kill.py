@@ -50,9 +50,15 @@ def _check_no_fake_checkpoint(out) -> None:
         verify_checkpoint(ckpt)
 
 
+def _rerun(out):
+    """The user's next command after a kill: ``--resume`` once a checkpoint folder exists, else the same command
+    again (``--resume`` with nothing to resume from is an error, as in transformers' Trainer)."""
+    return tiny(out, resume=bool(checkpoint_dirs(out)))
+
+
 def _finish_and_compare(out, reference) -> None:
     for _ in range(3):  # a clean resume; a second one only if the first had nothing left to do
-        outcome = run_child(tiny(out, resume=True))
+        outcome = run_child(_rerun(out))
         assert outcome == "finished", (Path(out).parent / "child_error.txt").read_text()
         if (Path(out) / "summary.json").is_file():
             break
@@ -114,8 +120,7 @@ def _random_kills(root, reference, kills: int, seed: int) -> list:
             _finish_and_compare(out, reference)
             out = Path(root) / f"run{attempts}"
         delay = rng.uniform(0.0, reference["seconds"])
-        resume = out.exists() and any(out.iterdir())
-        outcome = run_child(tiny(out, resume=resume), kill_after=delay)
+        outcome = run_child(_rerun(out), kill_after=delay)
         assert outcome in ("killed", "finished"), (Path(root) / "child_error.txt").read_text()
         if outcome == "killed":
             landed.append(f"random@{delay:.2f}s")

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 import simwnw_hf  # noqa: F401  (registers simwnw_* models)
 from simwnw_hf.eval.splits import HOLDOUT_FRACTION, HOLDOUT_SEED, TrainingData
-from simwnw_hf.train.checkpoint import WEIGHTS_FILE, latest_checkpoint
+from simwnw_hf.train.checkpoint import (CHECKPOINT_RE, WEIGHTS_FILE, latest_checkpoint, safetensors_header,
+                                        verify_checkpoint)
 
 
 def _resolve_weights(checkpoint: Path) -> tuple[Path, dict]:
@@ -29,6 +30,11 @@ def _resolve_weights(checkpoint: Path) -> tuple[Path, dict]:
         weights, folder = latest / WEIGHTS_FILE, latest
     else:
         raise FileNotFoundError(f"no {WEIGHTS_FILE} and no complete checkpoint-<step>/ in {checkpoint}")
+    # a truncated or damaged file is one line (CheckpointError is a ValueError), not safetensors' traceback
+    if CHECKPOINT_RE.match(folder.name) and weights == folder / WEIGHTS_FILE:
+        verify_checkpoint(folder)
+    else:
+        safetensors_header(weights)
     for candidate in (folder / "run_config.json", folder.parent / "run_config.json"):
         if candidate.is_file():
             return weights, json.loads(candidate.read_text())

@@ -7,6 +7,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
+from tqdm.auto import tqdm
 
 from simwnw_hf.data.datasets import ImageDataset, UnreadableImageError
 
@@ -50,15 +51,21 @@ def _collate(items):
 @torch.no_grad()
 def extract_features(backbone: torch.nn.Module, images: ImageDataset, image_size: int, mean, std,
                      batch_size: int = 256, num_workers: int = 0,
-                     device: Optional[torch.device] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(features (N, D) float32, labels (N,)); unreadable images are left out."""
+                     device: Optional[torch.device] = None, desc: Optional[str] = None,
+                     progress: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(features (N, D) float32, labels (N,)); unreadable images are left out.
+
+    A progress bar (tqdm, stderr, ``desc`` or "features <split>") shows the pass: on a real dataset it
+    takes minutes to hours, and a silent phase that long looks like a hang.
+    """
     device = device or next(backbone.parameters()).device
     was_training = backbone.training
     backbone.eval()
     loader = DataLoader(_Labelled(images, eval_transform(image_size, mean, std)), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=_collate)
     feats, labels = [], []
-    for batch in loader:
+    bar = tqdm(loader, desc=desc or f"features {images.split}", unit="batch", disable=not progress, leave=False)
+    for batch in bar:
         if batch is None:
             continue
         x, y = batch

@@ -39,8 +39,9 @@ def knn_evaluate(backbone, dataset: Optional[str], image_size: int, mean, std, t
     result (default ``"bank"``: the whole bank split, as the trainer's run-end kNN).
     """
     splits = resolve_eval_splits(dataset, train_split, test_split, image_column, label_column, max_train, max_test)
-    bank_x, bank_y = extract_features(backbone, splits.bank, image_size, mean, std, batch_size)
-    query_x, query_y = extract_features(backbone, splits.queries, image_size, mean, std, batch_size)
+    bank_x, bank_y = extract_features(backbone, splits.bank, image_size, mean, std, batch_size, desc="kNN memory bank")
+    query_x, query_y = extract_features(backbone, splits.queries, image_size, mean, std, batch_size,
+                                      desc="kNN queries")
     num_classes = int(max(bank_y.max(), query_y.max())) + 1
     pred = knn_predict(bank_x, bank_y, query_x, num_classes, k, temperature).argmax(dim=1)
     record = splits.record(queries_seen_in_training(splits, trained_on))

@@ -40,8 +40,9 @@ def linear_evaluate(backbone, dataset: Optional[str], image_size: int, mean, std
                     trained_on: Union[TrainingData, str, None] = "bank") -> dict:
     """Linear-probe top-1: probe trained on the bank, scored on the queries (see ``resolve_eval_splits``)."""
     splits = resolve_eval_splits(dataset, train_split, test_split, image_column, label_column, max_train, max_test)
-    train_x, train_y = extract_features(backbone, splits.bank, image_size, mean, std, batch_size)
-    test_x, test_y = extract_features(backbone, splits.queries, image_size, mean, std, batch_size)
+    train_x, train_y = extract_features(backbone, splits.bank, image_size, mean, std, batch_size, desc="probe train features")
+    test_x, test_y = extract_features(backbone, splits.queries, image_size, mean, std, batch_size,
+                                    desc="probe query features")
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     probe = train_linear_probe(train_x, train_y, num_classes, epochs, lr, seed=seed)
     with torch.no_grad():

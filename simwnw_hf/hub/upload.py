@@ -82,6 +82,30 @@ class UploadResult:
     endpoint: Optional[str] = None
 
 
+def self_scored_evals(record: dict) -> list:
+    """Problems with the record's eval results: a score on the model's own memory bank is never published.
+
+    Refused: a result that does not say which images were bank and queries (runs from before the record
+    had ``bank``/``queries``), and one whose bank and queries are the same split of the same dataset
+    without a hold-out (issue 14: ImageNet-sample kNN top-1 = 100.0).
+    """
+    problems = []
+    for protocol, result in sorted((record.get("eval") or {}).items()):
+        if not isinstance(result, dict) or "top1" not in result:
+            continue
+        bank, queries = result.get("bank"), result.get("queries")
+        if not isinstance(bank, dict) or not isinstance(queries, dict):
+            problems.append(f"eval '{protocol}' does not record which images were memory bank and queries (an "
+                            f"older run); re-evaluate with python -m simwnw_hf.eval {protocol} --checkpoint RUN "
+                            f"--output-json RUN/eval.json and export again")
+        elif (result.get("holdout") is None and bank.get("dataset") == queries.get("dataset")
+              and bank.get("split") == queries.get("split")):
+            problems.append(f"eval '{protocol}' scored the model on its own memory bank (split "
+                            f"{bank.get('split')!r} of {bank.get('dataset')!r} for both); re-evaluate on a held-out "
+                            f"split and export again")
+    return problems
+
+
 def validate_folder(folder: Union[str, Path]) -> dict:
     """Check an exported folder offline; returns its training record.
 
@@ -123,6 +147,7 @@ def validate_folder(folder: Union[str, Path]) -> dict:
     gaps = missing_fields(record) if record else ["training"]
     if gaps:
         problems.append(f"training record incomplete: {gaps}")
+    problems += self_scored_evals(record)
     if config.get("architecture") and record.get("model") and config["architecture"] != record["model"]:
         problems.append(f"config architecture {config['architecture']!r} != trained model {record['model']!r}")
     if not problems:

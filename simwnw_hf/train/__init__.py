@@ -1,8 +1,10 @@
 """Training: typed config, Accelerate loop, atomic checkpoints, FLOPs metering.
 
-Layers: :func:`run` (what ``training/*.py`` calls) = :func:`~.trainer.train` (pre-training, writes
-checkpoints and ``summary.json``) followed by the final kNN evaluation of the last checkpoint
-(``eval.json``, and ``summary.json["eval"]``). The trainer itself never imports :mod:`simwnw_hf.eval`.
+Layers: :func:`run` (what ``training/*.py`` calls) = the run-end evaluation planned and checked before
+step 1 (:mod:`.eval_plan`) -> :func:`~.trainer.train` (pre-training, writes checkpoints and
+``summary.json``) -> the final kNN evaluation of the last checkpoint (``eval.json``,
+``summary.json["eval"]``; ``--knn-random-init`` adds the random-init baseline) -> the closing report
+(:mod:`.report`). The trainer itself never imports :mod:`simwnw_hf.eval`.
 """
 
 from __future__ import annotations
@@ -11,41 +13,86 @@ import json
 import sys
 from pathlib import Path
 
-def final_knn(cfg) -> dict:
-    """kNN top-1 of the run's newest checkpoint on ``cfg.eval_split`` (memory bank: the training split)."""
-    import timm
+def _knn(cfg, backbone, trained_on) -> dict:
+    from simwnw_hf.eval.knn import knn_evaluate
+
+    mean, std = backbone.pretrained_cfg["mean"], backbone.pretrained_cfg["std"]
+    return knn_evaluate(backbone, cfg.dataset, image_size=cfg.image_size, mean=mean, std=std,
+                        train_split=cfg.split, test_split=cfg.eval_split, image_column=cfg.image_column,
+                        label_column=cfg.label_column, max_train=cfg.max_samples, max_test=cfg.eval_max_samples,
+                        trained_on=trained_on)
+
+
+def _headless(cfg):
+    """The backbone exactly as the trainer builds it (ViT size, multi-crop ``dynamic_img_size``), so the
+    checkpoint loads strictly; pair pruning only changes ``forward_pair``, never the plain forward."""
+    from .trainer import build_backbone
+
+    return build_backbone(cfg)
+
+
+def final_knn(cfg, excluded_holdout: bool = False) -> dict:
+    """kNN top-1 of the run's newest checkpoint on ``cfg.eval_split`` (memory bank: the training split).
+
+    ``excluded_holdout``: the run left the hold-out queries out of training (:mod:`.eval_plan`).
+    """
     from safetensors.torch import load_file
 
-    from simwnw_hf.eval.knn import knn_evaluate
+    from simwnw_hf.eval.splits import TrainingData
 
     from .checkpoint import WEIGHTS_FILE, latest_checkpoint
 
     ckpt = latest_checkpoint(cfg.output_dir)
     if ckpt is None:
         raise FileNotFoundError(f"no complete checkpoint in {cfg.output_dir} to evaluate")
-    backbone = timm.create_model(cfg.model, num_classes=0, **cfg.model_kwargs)
+    backbone = _headless(cfg)
     backbone.load_state_dict(load_file(str(ckpt / WEIGHTS_FILE)))
-    mean, std = backbone.pretrained_cfg["mean"], backbone.pretrained_cfg["std"]
-    return knn_evaluate(backbone, cfg.dataset, image_size=cfg.image_size, mean=mean, std=std,
-                        train_split=cfg.split, test_split=cfg.eval_split, image_column=cfg.image_column,
-                        label_column=cfg.label_column, max_train=cfg.max_samples, max_test=cfg.eval_max_samples)
+    return _knn(cfg, backbone, TrainingData(cfg.dataset, cfg.split, excluded_holdout=excluded_holdout))
+
+
+def random_init_knn(cfg) -> dict:
+    """The same kNN for the architecture at random init (``torch.manual_seed(cfg.seed)``): the baseline
+    the trained encoder has to beat (``python -m simwnw_hf.eval knn --random-init`` measures the same)."""
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    return _knn(cfg, _headless(cfg), "untrained")
 
 
 def run(cfg) -> dict:
-    """Pre-train, then (``--knn-eval``, labelled data, main process) evaluate; returns the run summary."""
+    """Pre-train, then (``--knn-eval``, labelled data, main process) evaluate; returns the run summary.
+
+    The evaluation is planned and checked before training (:func:`~.eval_plan.plan_run_end_eval`); the
+    run ends with a short report (:func:`~.report.run_report`) on stdout.
+    """
+    import time
+
     from accelerate import PartialState
 
+    from .eval_plan import plan_run_end_eval
     from .layout import EVAL_FILE, SUMMARY_FILE
+    from .report import run_report
     from .run_files import write_json_atomic
     from .trainer import train
 
-    summary = train(cfg)
-    if cfg.knn_eval and summary.get("labelled") and PartialState().is_main_process:
-        out = Path(cfg.output_dir)
-        summary["eval"] = {"knn": final_knn(cfg)}
+    started = time.perf_counter()
+    plan = plan_run_end_eval(cfg)
+    main_process = PartialState().is_main_process
+    if plan.note and main_process:
+        print(plan.note, file=sys.stderr)
+    summary = train(cfg, plan.exclude)
+    summary["eval_holdout_excluded"] = bool(plan.exclude)
+    out = Path(cfg.output_dir)
+    if plan.enabled and summary.get("labelled") and main_process:
+        summary["eval"] = {"knn": final_knn(cfg, excluded_holdout=bool(plan.exclude))}
+        if cfg.knn_random_init:
+            summary["eval"]["knn_random_init"] = {**random_init_knn(cfg), "random_init": True}  # never exported
         write_json_atomic(out / SUMMARY_FILE, summary)
         write_json_atomic(out / EVAL_FILE, summary["eval"])
-        print(json.dumps({"knn_top1": summary["eval"]["knn"]["top1"], "output_dir": str(out)}))
+    if main_process:
+        summary_time = time.perf_counter() - started
+        print(run_report(summary, out, total_s=summary_time, skipped=None if plan.enabled else
+                         (plan.note or "--no-knn-eval")))
     return summary
 
 

@@ -21,42 +21,43 @@ class TrainConfig:
     framework: str = "simsiam"  # simclr | simsiam | byol | moco | vicreg | dino
     model: str = "simwnw_resnet18_cifar"  # any timm model name; created with num_classes=0
     dataset: Optional[str] = None  # Hub id, parquet file, folder; None = the CIFAR-10 sample shipped with the package
-    split: Optional[str] = None
-    image_column: Optional[str] = None
-    label_column: Optional[str] = None
+    split: Optional[str] = None  # split to train on; None: 'train' (or a single-split dataset's only split)
+    image_column: Optional[str] = None  # None: found automatically (an Image feature or 'image'/'img')
+    label_column: Optional[str] = None  # None: found automatically; only the kNN evaluation reads labels
     max_samples: Optional[int] = None  # train on a fixed random subset (seed 0) of N images of the split
-    image_size: int = 32
-    crop_min_scale: float = 0.2
+    image_size: int = 32  # side of the square training views in pixels (a ViT is built for it)
+    crop_min_scale: float = 0.2  # smallest random-resized-crop area, as a fraction of the image
     batch_size: int = 64  # per process
-    epochs: int = 1
+    epochs: int = 1  # passes over the training images (see --max-steps)
     max_steps: Optional[int] = None  # stop after this many optimizer steps (overrides epochs when smaller)
     lr: Optional[float] = None  # None: framework default scaled by batch size / 256
-    weight_decay: Optional[float] = None
+    weight_decay: Optional[float] = None  # None: the framework's recipe value (SGD) or 0.05 (AdamW)
     optimizer: Optional[str] = None  # sgd | adamw; None: sgd for CNNs, adamw for ViTs and DINO
-    warmup_steps: int = 0
-    seed: int = 0
-    num_workers: int = 0
+    warmup_steps: int = 0  # linear lr warm-up steps before the cosine decay
+    seed: int = 0  # seeds weights, augmentations and data order (CPU runs are reproducible bit for bit)
+    num_workers: int = 0  # DataLoader worker processes decoding and augmenting images
     mixed_precision: Optional[str] = None  # no | bf16 | fp16; None: what `accelerate launch` / config says
-    output_dir: str = "runs/simsiam"
+    output_dir: str = "runs/simsiam"  # run folder: run_config.json, metrics.jsonl, checkpoint-<step>/, summary.json
     resume: bool = False  # continue from the newest complete checkpoint in output_dir
     save_every: int = 500  # steps between checkpoints (a final one is always written)
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    knn_eval: bool = True  # after training, kNN top-1 on the dataset's test split (when labels exist)
-    eval_split: str = "test"
-    eval_max_samples: Optional[int] = None
+    keep_checkpoints: int = 2  # newest checkpoints kept, older ones deleted (a ResNet-18 one is ~220 MB)
+    log_every: int = 10  # steps between metrics.jsonl lines (the last step is always logged)
+    knn_eval: bool = True  # after training, kNN top-1 on --eval-split (checked before the first step)
+    eval_split: str = "test"  # kNN query split; a one-split dataset gets a seeded hold-out, left out of training
+    eval_max_samples: Optional[int] = None  # kNN queries: a fixed random subset of N images
+    knn_random_init: bool = False  # also the kNN of the architecture at random init, the baseline in the closing report
     model_args: str = "{}"  # JSON dict of extra timm.create_model kwargs
     framework_args: str = "{}"  # JSON dict of framework kwargs, e.g. '{"hidden_dim": 512, "out_dim": 128}'
     # SimWnW on CNNs (paper §4): remove similar blocks from both views
-    simwnw: bool = False
+    simwnw: bool = False  # remove similar blocks of the two views (simwnw_resnet* models)
     block_size: Optional[int] = None  # None: 5 @32px, 30 @224px, scaled in between
-    psnr_threshold: float = 20.0
+    psnr_threshold: float = 20.0  # dB: blocks of the two views this similar (or more) are removed
     search_window: Optional[int] = None  # None: 2 x block size
     max_rings: int = 2  # waxing: most rings grown per conv input (simwnw_hf/simwnw/masks.py)
     simwnw_executor: str = "lean"  # lean | reference | auto: how the SimWnW pair path runs (same numbers, different time)
     # token pruning on ViTs: simwnw | simprune | evit
-    token_pruning: Optional[str] = None
-    keep_rate: float = 0.8
+    token_pruning: Optional[str] = None  # None: dense ViT
+    keep_rate: float = 0.8  # simprune / evit: fraction of tokens kept at each pruning layer
     prune_layers: Tuple[int, ...] = (4, 7, 10)  # 0-based: prune at the input of blocks[l]
     # gating methods (issue 11, docs/GATING.md); at most one of --simwnw, --token-pruning, --gating, --back-razor
     gating: Optional[str] = None  # dualgate (VICReg, simwnw_dualgate_resnet* models) | cdg | scdg (SimCLR, CNN encoders)
@@ -67,9 +68,9 @@ class TrainConfig:
     gate_alpha: float = 2.0  # cdg/scdg: slope of the gate sigmoid (CGNet)
     back_razor: Optional[float] = None  # RHO in (0, 1): every conv keeps only the largest 1-RHO of its input for grad-weight (CNNs, any framework)
     # DINO
-    n_local_crops: int = 0
-    local_crop_size: int = 96
-    dino_out_dim: int = 4096
+    n_local_crops: int = 0  # multi-crop: small local views per image besides the two global ones
+    local_crop_size: int = 96  # side of the local crops in pixels
+    dino_out_dim: int = 4096  # DINO head output dimension (prototypes)
 
     def __post_init__(self):
         from simwnw_hf.ssl.frameworks import FRAMEWORK_NAMES
@@ -180,20 +181,100 @@ def _arg_type(annotation):
     return annotation, None
 
 
+# allowed values shown in --help and checked by argparse (fields whose value is free have none)
+_CHOICES = {"optimizer": ("sgd", "adamw"), "mixed_precision": ("no", "bf16", "fp16")}
+# other names a flag also answers to: transformers' TrainingArguments spelling of the same setting
+_ALIASES = {"keep_checkpoints": ("--save-total-limit",)}
+
+
+def _choices(name: str):
+    from simwnw_hf.pruning.settings import SIMWNW_EXECUTORS
+    from simwnw_hf.ssl.frameworks import FRAMEWORK_NAMES
+
+    return {"framework": FRAMEWORK_NAMES, "simwnw_executor": SIMWNW_EXECUTORS,
+            "token_pruning": TOKEN_PRUNING_METHODS, **_CHOICES}.get(name)
+
+
+def field_docs() -> Tuple[dict, dict]:
+    """({field: its trailing comment}, {field: the section comment above it}) read from this file's source.
+
+    The comments next to the fields of :class:`TrainConfig` are the documentation of its flags; reading
+    them with ``tokenize`` + ``ast`` keeps one copy (a string inside a default, such as ``'{"a": 1}'``,
+    is never taken for a comment).
+    """
+    import ast
+    import inspect
+    import io
+    import tokenize
+
+    source = inspect.getsource(TrainConfig)
+    comments = {tok.start[0]: (tok.string.lstrip("#").strip(), tok.line.strip().startswith("#"))
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    docs, sections, section, last = {}, {}, "run", 0
+    for node in ast.parse(source).body[0].body:
+        if not isinstance(node, ast.AnnAssign):
+            continue
+        above = [text for row, (text, whole) in comments.items() if whole and last < row < node.lineno]
+        if above:
+            section = above[-1]
+        trailing = comments.get(node.end_lineno)
+        docs[node.target.id] = trailing[0] if trailing and not trailing[1] else ""
+        sections[node.target.id] = section
+        last = node.end_lineno
+    return docs, sections
+
+
+def framework_arg_keys(framework: str) -> list:
+    """``--framework-args`` keys of ``framework`` with the values the script uses: its constructor's keywords
+    after (backbone, num_features), defaults overlaid with what flags set (``config_kwargs``)."""
+    import inspect
+
+    from simwnw_hf.ssl.frameworks import FRAMEWORKS
+
+    cls = FRAMEWORKS[framework]
+    params = list(inspect.signature(cls.__init__).parameters.values())[3:]
+    from_flags = cls.config_kwargs(TrainConfig(framework=framework))  # e.g. DINO's out_dim from --dino-out-dim
+    keys = []
+    for p in params:
+        if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            continue
+        if p.name in from_flags:  # the value the script passes (a flag of its own sets it)
+            keys.append(f"{p.name}={from_flags[p.name]!r}")
+        elif p.default is not inspect.Parameter.empty:
+            keys.append(f"{p.name}={p.default!r}")
+        else:
+            keys.append(p.name)
+    return keys
+
+
 def build_parser(defaults: Optional[dict] = None, description: str = "") -> argparse.ArgumentParser:
-    """argparse parser with one flag per ``TrainConfig`` field; ``defaults`` overrides field defaults."""
+    """argparse parser with one flag per ``TrainConfig`` field; ``defaults`` overrides field defaults.
+
+    Help text, section groups, defaults and choices come from the config itself (:func:`field_docs`,
+    :data:`_CHOICES`); ``--framework-args`` lists the keys of the script's framework.
+    """
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     hints = typing.get_type_hints(TrainConfig)
     defaults = defaults or {}
+    docs, sections = field_docs()
+    groups = {}
+    framework = defaults.get("framework", TrainConfig.framework)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = defaults.get(f.name, f.default)
         arg_type, nargs = _arg_type(hints[f.name])
+        group = groups.get(sections[f.name]) or groups.setdefault(sections[f.name],
+                                                                   parser.add_argument_group(sections[f.name]))
+        text = docs[f.name] or f.name.replace("_", " ")
+        if f.name == "framework_args":
+            text += f"; {framework} takes: {', '.join(framework_arg_keys(framework))}"
+        names = (flag,) + _ALIASES.get(f.name, ())
         if arg_type is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            group.add_argument(*names, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
-            parser.add_argument(flag, type=arg_type, nargs=nargs, default=default)
+            group.add_argument(*names, type=arg_type, nargs=nargs, default=default, choices=_choices(f.name),
+                               help=text.replace("%", "%%"))
     return parser
 
 

@@ -18,12 +18,13 @@ __all__ = ["BF16_CPU_FLAGS", "cpu_flags", "cpu_has_native_bf16", "check_mixed_pr
 logger = logging.getLogger(__name__)
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 flags, then Arm's ``Features: ... bf16``
+CPUINFO = "/proc/cpuinfo"  # read when no file is passed (a module attribute, so tests can point it elsewhere)
 
 
-def cpu_flags(cpuinfo: Union[str, Path] = "/proc/cpuinfo") -> Optional[set]:
+def cpu_flags(cpuinfo: Union[str, Path, None] = None) -> Optional[set]:
     """The CPU feature flags listed in ``cpuinfo`` (``flags`` on x86, ``Features`` on Arm); None if unreadable."""
     try:
-        text = Path(cpuinfo).read_text()
+        text = Path(cpuinfo or CPUINFO).read_text()
     except OSError:
         return None
     flags = set()
@@ -34,7 +35,7 @@ def cpu_flags(cpuinfo: Union[str, Path] = "/proc/cpuinfo") -> Optional[set]:
     return flags
 
 
-def cpu_has_native_bf16(cpuinfo: Union[str, Path] = "/proc/cpuinfo") -> Optional[bool]:
+def cpu_has_native_bf16(cpuinfo: Union[str, Path, None] = None) -> Optional[bool]:
     """True / False from the CPU flags; None when they cannot be read (not Linux)."""
     flags = cpu_flags(cpuinfo)
     if flags is None:
@@ -43,13 +44,14 @@ def cpu_has_native_bf16(cpuinfo: Union[str, Path] = "/proc/cpuinfo") -> Optional
 
 
 def check_mixed_precision(mode: Optional[str], device: Union[str, torch.device],
-                          cpuinfo: Union[str, Path] = "/proc/cpuinfo") -> Optional[str]:
+                          cpuinfo: Union[str, Path, None] = None) -> Optional[str]:
     """Warn (one log line) and return the warning when ``mode`` will run slowly on ``device``; else None.
 
     Call once before training starts, with the ``--mixed-precision`` value and the device the model runs on.
     """
     if mode not in ("bf16", "fp16"):
         return None
+    cpuinfo = cpuinfo or CPUINFO
     device = torch.device(device)
     message = None
     if device.type == "cpu" and mode == "bf16" and cpu_has_native_bf16(cpuinfo) is False:

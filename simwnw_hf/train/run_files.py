@@ -36,7 +36,7 @@ RUN_IDENTITY = ("framework", "model", "model_args", "framework_args", "dataset",
                 "max_samples", "image_size", "crop_min_scale", "batch_size", "seed", "optimizer", "lr",
                 "weight_decay", "warmup_steps", "simwnw", "block_size", "psnr_threshold", "search_window",
                 "max_rings", "token_pruning", "keep_rate", "prune_layers", "n_local_crops", "local_crop_size",
-                "dino_out_dim")
+                "dino_out_dim", "eval_holdout_excluded")
 
 
 def check_resume_config(path, current: dict) -> None:
@@ -61,6 +61,38 @@ def check_resume_config(path, current: dict) -> None:
         raise ValueError(f"--resume: {path} was written by a run with {shown}"
                          f"{' and more' if len(differ) > 4 else ''}; pass the same settings or choose another "
                          "--output-dir")
+
+
+# bookkeeping fields of run_config.json itself, never compared or recorded as a change
+_NOT_SETTINGS = ("resume", "resumed_with")
+
+
+def resume_history(saved: Optional[dict], current: dict, step: int) -> list:
+    """``resumed_with`` of the run_config.json a resumed run writes: the old entries plus this resume's.
+
+    A resume may change settings outside :data:`RUN_IDENTITY` (``--max-steps``, ``--save-every``,
+    ``--log-every``, ``--keep-checkpoints``, ``--num-workers``, ``--eval-*``...). The file then holds the
+    current values, and each resume that changed something adds ``{"step": S, "changed": {key: [old, new]}}``
+    so nobody reads them as the settings of the whole run.
+    """
+    if not isinstance(saved, dict):
+        return []
+    history = list(saved.get("resumed_with") or [])
+    norm = lambda v: json.dumps(v, sort_keys=True)  # noqa: E731
+    changed = {k: [saved[k], current[k]] for k in current
+               if k in saved and k not in _NOT_SETTINGS and norm(saved[k]) != norm(current[k])}
+    if changed:
+        history.append({"step": step, "changed": changed})
+    return history
+
+
+def read_run_config(path) -> Optional[dict]:
+    """The saved run_config.json as a dict, or None when it is missing or unreadable."""
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return saved if isinstance(saved, dict) else None
 
 
 def append_metrics(path, record: dict) -> None:

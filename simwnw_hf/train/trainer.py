@@ -10,13 +10,14 @@ entry point (:func:`simwnw_hf.train.run`), not here.
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import timm
 import torch
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import simwnw_hf  # noqa: F401  (registers simwnw_* timm models)
-from simwnw_hf.data.datasets import ImageDataset, load_image_dataset
+from simwnw_hf.data.datasets import ImageDataset, load_image_dataset, subset_indices
 from simwnw_hf.data.loader import EpochShuffleSampler, SkipUnreadable, ViewDataset
 from simwnw_hf.data.views import MultiCropTransform, TwoViewTransform
 from simwnw_hf.gating.training import (attach_back_razor, checkpoint_encoder, is_dualgate_model, is_gating,
@@ -40,7 +41,9 @@ from .checkpoint import (checkpoint_dirs, find_resumable_checkpoint, load_traine
 from .config import TrainConfig
 from .flops import dense_step_flops
 from .layout import METRICS_FILE, RUN_CONFIG_FILE, SUMMARY_FILE
-from .run_files import append_metrics, check_finite, check_resume_config, truncate_metrics, write_json_atomic
+from .precision import check_mixed_precision
+from .run_files import (append_metrics, check_finite, check_resume_config, read_run_config, resume_history,
+                        truncate_metrics, write_json_atomic)
 from .summary import COUNTER_KEYS, GATING_RATIOS, cost_summary
 
 
@@ -60,10 +63,15 @@ def build_backbone(cfg: TrainConfig) -> torch.nn.Module:
     kwargs = cfg.model_kwargs
     if FRAMEWORKS[cfg.framework].multi_crop and cfg.n_local_crops and "vit" in cfg.model:
         kwargs.setdefault("dynamic_img_size", True)  # local crops are smaller than the global views
-    try:
-        backbone = timm.create_model(cfg.model, num_classes=0, **kwargs)
-    except RuntimeError as exc:
-        raise ValueError(f"cannot create timm model '{cfg.model}': {exc}") from exc
+    backbone = _create_backbone(cfg, kwargs)
+    built = _vit_image_size(backbone)
+    if built is not None and built != cfg.image_size and not kwargs.get("dynamic_img_size"):
+        if "img_size" in kwargs:
+            raise ValueError(f"--model-args img_size={kwargs['img_size']} does not match --image-size "
+                             f"{cfg.image_size}; pass the same size to both (or drop img_size)")
+        # as timm does for fine-tuning at another resolution: the ViT is built for --image-size
+        # (its position embedding has one entry per patch of that size)
+        backbone = _create_backbone(cfg, {**kwargs, "img_size": cfg.image_size})
     settings = cfg.pruning
     if is_gating(settings) or is_dualgate_model(backbone):
         return prepare_backbone(backbone, settings)  # converts in place (CDG, Back Razor) or checks the family
@@ -73,6 +81,26 @@ def build_backbone(cfg: TrainConfig) -> torch.nn.Module:
                              f"'{cfg.model}' is not one")
         backbone.configure_pair_pruning(settings)
     return backbone
+
+
+def _create_backbone(cfg: TrainConfig, kwargs: dict) -> torch.nn.Module:
+    """timm.create_model, with a model name or ``--model-args`` key that does not fit as one line."""
+    try:
+        return timm.create_model(cfg.model, num_classes=0, **kwargs)
+    except RuntimeError as exc:
+        raise ValueError(f"cannot create timm model '{cfg.model}': {exc}") from exc
+    except TypeError as exc:  # e.g. "__init__() got an unexpected keyword argument 'widht'"
+        raise ValueError(f"--model-args {json.dumps(cfg.model_kwargs)} do not fit '{cfg.model}': {exc}") from exc
+
+
+def _vit_image_size(backbone: torch.nn.Module) -> Optional[int]:
+    """The square input size a ViT was built for; None for other models (they take any size)."""
+    if not is_vit(backbone):
+        return None
+    size = getattr(backbone.patch_embed, "img_size", None)
+    if not size:
+        return None
+    return int(size[0]) if size[0] == size[-1] else None
 
 
 def resolved_pruning(backbone: torch.nn.Module, cfg: TrainConfig) -> dict:
@@ -196,6 +224,7 @@ class Run:
     counters: _Counters = field(default_factory=_Counters)
     dense_per_image: Optional[float] = None
     window: _Window = field(default_factory=_Window)
+    step_lr: Optional[float] = None   # the lr the last optimizer step used (the scheduler has moved on since)
 
     @property
     def params(self) -> list:
@@ -207,12 +236,15 @@ class Run:
         return self.out / METRICS_FILE
 
 
-def _check_output_dir(cfg: TrainConfig, out: Path) -> None:
+def _check_output_dir(cfg: TrainConfig, out: Path, excluded: bool = False) -> None:
     if checkpoint_dirs(out) and not cfg.resume:
         raise FileExistsError(f"{out} already holds checkpoints; pass --resume to continue that run "
                               f"or choose another --output-dir (nothing was overwritten)")
     if cfg.resume:  # every process, before any work: a mismatch must not leave one process waiting
-        check_resume_config(out / RUN_CONFIG_FILE, cfg.to_dict())
+        if not checkpoint_dirs(out):  # as transformers' Trainer: nothing to resume from is an error
+            raise FileNotFoundError(f"--resume: no checkpoint-<step>/ in {out} to resume from; "
+                                    f"run without --resume to start this run from step 0")
+        check_resume_config(out / RUN_CONFIG_FILE, {**cfg.to_dict(), "eval_holdout_excluded": excluded})
 
 
 def _build_loader(cfg: TrainConfig, views: ViewDataset, num_processes: int) -> DataLoader:
@@ -236,9 +268,9 @@ def _resume(run: Run) -> None:
         return
     ckpt = find_resumable_checkpoint(run.out, expect={"architecture": run.cfg.model, "framework": run.cfg.framework},
                                      shapes=checkpoint_encoder(run.unwrapped.backbone).state_dict())
-    if ckpt is None:
-        run.accelerator.print(f"--resume: no checkpoint in {run.out} yet; starting from step 0")
-        return
+    if ckpt is None:  # _check_output_dir saw checkpoint folders; they are gone now
+        raise FileNotFoundError(f"--resume: no checkpoint-<step>/ in {run.out} to resume from; "
+                                f"run without --resume to start this run from step 0")
     run.accelerator.load_state(str(ckpt / "training_state"))
     state = load_trainer_state(ckpt)
     run.step = int(state["step"])
@@ -247,23 +279,49 @@ def _resume(run: Run) -> None:
     run.accelerator.print(f"resumed from {ckpt} at step {run.step}")
 
 
-def _write_run_config(run: Run) -> None:
+def _write_run_config(run: Run, excluded: int = 0) -> None:
     if run.accelerator.is_main_process:
         run.out.mkdir(parents=True, exist_ok=True)
         remove_leftovers(run.out)
-        write_json_atomic(run.out / RUN_CONFIG_FILE, run.cfg.to_dict())
+        record = run.cfg.to_dict()
+        # read by the evaluation: its hold-out queries were never SSL training images
+        record.update(eval_holdout_excluded=bool(excluded), eval_holdout_images=excluded)
+        if run.cfg.resume:  # safe changes (--max-steps, --save-every, ...) are recorded, not passed off as the run's
+            record["resumed_with"] = resume_history(read_run_config(run.out / RUN_CONFIG_FILE), record, run.step)
+        write_json_atomic(run.out / RUN_CONFIG_FILE, record)
         truncate_metrics(run.metrics_path, run.step)
 
 
-def build_run(cfg: TrainConfig) -> Run:
-    """Model, data, optimizer and schedule, prepared by Accelerate and resumed when asked."""
+def _training_images(cfg: TrainConfig, exclude: Optional[Sequence[int]]) -> ImageDataset:
+    """The split to train on, less ``exclude`` (the evaluation's hold-out queries), then ``--max-samples``.
+
+    Excluding before the subset makes the training images exactly the run-end kNN's memory bank.
+    """
+    if not exclude:
+        return load_image_dataset(cfg.dataset, cfg.split, cfg.image_column, cfg.label_column, cfg.max_samples)
+    full = load_image_dataset(cfg.dataset, cfg.split, cfg.image_column, cfg.label_column)
+    left_out = set(exclude)
+    keep = [i for i in range(len(full)) if i not in left_out]
+    if cfg.max_samples is not None:
+        keep = [keep[i] for i in subset_indices(len(keep), cfg.max_samples)]
+    return ImageDataset(full.hf_dataset.select(keep), full.image_column, full.label_column, full.source, full.split)
+
+
+def build_run(cfg: TrainConfig, exclude: Optional[Sequence[int]] = None) -> Run:
+    """Model, data, optimizer and schedule, prepared by Accelerate and resumed when asked.
+
+    ``exclude``: indices of the split never to train on (the evaluation hold-out of a one-split dataset,
+    from :func:`simwnw_hf.eval.splits.planned_holdout_indices`); run_config.json records it.
+    """
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    if accelerator.is_main_process:
+        check_mixed_precision(accelerator.mixed_precision, accelerator.device)  # one warning line when it is slow
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
-    _check_output_dir(cfg, out)
+    _check_output_dir(cfg, out, excluded=bool(exclude))
     backbone = build_backbone(cfg)   # flags that do not fit the model fail here, before data loading
     framework = build_framework(cfg, backbone)
-    images = load_image_dataset(cfg.dataset, cfg.split, cfg.image_column, cfg.label_column, cfg.max_samples)
+    images = _training_images(cfg, exclude)
     views = ViewDataset(images, build_transform(cfg, backbone), seed=cfg.seed)
     loader = _build_loader(cfg, views, accelerator.num_processes)
     optimizer = build_optimizer(cfg, framework, backbone, accelerator.num_processes)
@@ -274,7 +332,7 @@ def build_run(cfg: TrainConfig) -> Run:
               optimizer=optimizer, scheduler=scheduler, loader=loader, views=views, images=images,
               pruning=resolved_pruning(backbone, cfg), total_steps=total_steps, steps_per_epoch=len(loader))
     _resume(run)
-    _write_run_config(run)
+    _write_run_config(run, excluded=len(exclude or ()))
     return run
 
 
@@ -300,6 +358,7 @@ def train_step(run: Run, batch):
     loss, stats = run.model(batch)
     run.accelerator.backward(loss)
     check_finite(run.accelerator, loss, run.params, run.step + 1, run.out)
+    run.step_lr = run.optimizer.param_groups[0]["lr"]
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.scheduler.step()
@@ -350,7 +409,7 @@ def log_record(run: Run, epoch: int) -> dict:
     summed = acc.reduce(local, reduction="sum").tolist()
     n_proc = acc.num_processes
     record = {"step": run.step, "epoch": epoch, "loss": summed[0] / n_proc / w.steps,
-              "lr": run.scheduler.get_last_lr()[0],
+              "lr": run.step_lr,  # what the logged step used, not the scheduler's next value
               "images_per_s": summed[1] / max(w.time, 1e-9),
               "train_flops": summed[2]}
     ratios = reported_ratios(run.pruning)
@@ -399,9 +458,12 @@ def _epoch_batches(run: Run, epoch: int):
     return loader
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Pre-train and checkpoint; returns the run summary (also written to ``summary.json``)."""
-    run = build_run(cfg)
+def train(cfg: TrainConfig, exclude: Optional[Sequence[int]] = None) -> dict:
+    """Pre-train and checkpoint; returns the run summary (also written to ``summary.json``).
+
+    ``exclude``: indices of the split left out of training (see :func:`build_run`).
+    """
+    run = build_run(cfg, exclude)
     bar = tqdm(total=run.total_steps, initial=run.step, disable=not run.accelerator.is_local_main_process,
                desc=cfg.framework)
     run.model.train()
