@@ -10,7 +10,9 @@ PSNR on [0, 1] pixels (MAX_I = 1) over all channels; a pair is *similar* when PS
 (20 dB by default, §5). Similar tiles are removed from view 1 and their matches from view 2.
 
 Everything is batched over images and blocks: a search state is one row per (image, block) pair and
-each diamond iteration evaluates the pattern points of all still-moving rows in one gather.
+each diamond iteration evaluates the new pattern points of all still-moving rows at once: candidates
+are gathered per pair (padded to the pair with most new points) and compared with the pair's tile by
+broadcasting, so a tile is read once per iteration rather than once per candidate.
 
 Candidate positions live on a lattice: top-left corners that are multiples of ``search_step`` in view 2
 (``search_step = 1`` for CNNs; ViT token removal uses ``block = search_step = 16`` so matches land on
