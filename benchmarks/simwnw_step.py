@@ -5,9 +5,10 @@ cosine with stop-gradient, backward. Variants, timed interleaved within every re
 then each executor) so that drift on a shared machine hits all of them alike:
 
 * dense: ``encoder(x1)``, ``encoder(x2)``; FLOPs from ``torch.utils.flop_counter.FlopCounterMode``;
-* reference / lean / auto: the pair path of ``SimWnWResNet.run_pair`` (block matching + masked
-  execution with waxing-and-waning) with that executor (``models.resnet_pair.select_executor``).
-  FLOPs = dense step FLOPs - (dense - kept backbone conv FLOPs) + overhead (matching + waxing).
+* reference / lean / auto: the pair contract (``configure_pair_pruning(SimWnWSettings(executor=...))``,
+  ``plan = plan_pair(x1, x2, g1, g2)``, ``forward_pair(x1, x2, plan)``): block matching + masked
+  execution with waxing-and-waning. FLOPs = dense step FLOPs - (``PairStats.dense_flops -
+  pruned_flops``) + overhead (``plan.overhead_flops`` matching + ``PairStats.overhead_flops`` waxing).
 
 ``--force-removal P`` replaces the block-matching decision by a random one removing about P of the
 input blocks (the matched positions are kept, so view 2 removes the matched blocks): it shows what
@@ -15,7 +16,9 @@ the executors cost at removal levels the 20 dB test rarely reaches at random ini
 
 Rows report the median step time with its min-max over repeats, and the median (min-max) over
 repeats of the ratio to the dense step of the same repeat (neighbours in time, so drift cancels).
-``match`` is block matching's share of the dense step (median times). Commands for ``benchmarks/results/simwnw_step.md`` are in that file.
+``cpu ratio`` is the same ratio of process CPU time (``time.process_time``, all threads): on a
+shared machine it is less sensitive than wall time to other jobs taking the cores. ``match`` is
+block matching's (``plan_pair``) CPU time as a share of the dense step's CPU time (medians). Commands for ``benchmarks/results/simwnw_step.md`` are in that file.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import datetime
 import platform
 import statistics
 import time
+from dataclasses import replace
 
 import timm
 import torch
@@ -35,10 +39,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import simwnw_hf  # noqa: F401  (registers simwnw_* models)
 from simwnw_hf.data.datasets import load_image_dataset
 from simwnw_hf.data.views import TwoViewTransform
-from simwnw_hf.models.resnet_pair import select_executor, wax_for_executor
-from simwnw_hf.simwnw.block_matching import match_blocks, removal_masks
-from simwnw_hf.simwnw.flops import trace_flops
-from simwnw_hf.simwnw.masks import pair_expander
+from simwnw_hf.pruning.settings import SimWnWSettings
+from simwnw_hf.simwnw.block_matching import removal_masks
 
 
 def simsiam_loss(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
@@ -61,27 +63,25 @@ def dense_step(model, x1, x2):
 
 
 def pair_step(model, x1, x2, g1, g2, executor: str, force: float | None = None, seed: int = 0):
-    """One SimWnW step as ``run_pair`` + ``forward_pair`` do it; returns (stats, seconds spent matching)."""
+    """One SimWnW step through the pair contract: ``plan_pair`` once, ``forward_pair(x1, x2, plan)``,
+    loss, backward. Returns (step stats, seconds spent in ``plan_pair`` = block matching)."""
     model.zero_grad(set_to_none=True)
-    cfg = model.pair_pruning
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        match = match_blocks(model._pixels(x1), model._pixels(x2), g1, g2, block_size=cfg.block_size,
-                             psnr_threshold=cfg.psnr_threshold, search_window=cfg.search_window)
-    t_match = time.perf_counter() - t0
-    similar, mask1, mask2 = match.similar, match.mask1, match.mask2
+    model.configure_pair_pruning(replace(model.pair_settings, executor=executor))
+    t0 = time.process_time()
+    plan = model.plan_pair(x1, x2, g1, g2)
+    t_match = time.process_time() - t0
     if force is not None:
+        match = plan.match
         gen = torch.Generator().manual_seed(seed)
-        similar = torch.rand(similar.shape, generator=gen) < force
+        similar = torch.rand(match.similar.shape, generator=gen) < force
         mask1, mask2 = removal_masks(match.src_yx, match.match_yx, similar, match.block_size,
                                      tuple(x1.shape[-2:]), tuple(x2.shape[-2:]))
-    expand = pair_expander(match.src_yx, match.match_yx, similar, match.block_size, tuple(x1.shape[-2:]),
-                           cfg.psnr_threshold, cfg.max_rings, wax_fn=wax_for_executor(executor))
-    (h1, h2), _, trace = select_executor(executor)(model, [x1, x2], [mask1, mask2], expand)
-    simsiam_loss(model.forward_head(h1, pre_logits=True), model.forward_head(h2, pre_logits=True)).backward()
-    fl = trace_flops(trace)
-    removal = 0.5 * (mask1.float().mean() + mask2.float().mean())
-    return dict(fl, overhead_flops=match.overhead_flops + fl["wax_flops"], removal=float(removal)), t_match
+        plan = replace(plan, match=replace(match, similar=similar, mask1=mask1, mask2=mask2))
+    f1, f2, stats = model.forward_pair(x1, x2, plan)
+    simsiam_loss(f1, f2).backward()
+    return dict(dense_flops=stats.dense_flops, kept_flops=stats.pruned_flops,
+                overhead_flops=plan.overhead_flops + stats.overhead_flops,
+                removal=stats.removed_fraction_sum / stats.pairs), t_match
 
 
 def run_case(model, batch, executors, repeats, force):
@@ -91,20 +91,23 @@ def run_case(model, batch, executors, repeats, force):
     dense_flops = float(counter.get_total_flops())
     pair_step(model, x1, x2, g1, g2, executors[0], force)  # warm-up
     times = {k: [] for k in ["dense", *executors]}
+    cpu = {k: [] for k in ["dense", *executors]}
     stats, match_t = None, []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         dense_step(model, x1, x2)
         times["dense"].append(time.perf_counter() - t)
+        cpu["dense"].append(time.process_time() - c)
         for name in executors:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             stats, tm = pair_step(model, x1, x2, g1, g2, name, force)
             times[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
             match_t.append(tm)
     flops_ratio = (dense_flops - (stats["dense_flops"] - stats["kept_flops"]) + stats["overhead_flops"]) / dense_flops
     d = statistics.median(times["dense"])
-    return dict(times=times, dense=d, flops_ratio=flops_ratio, removal=stats["removal"],
-                match_pct=100 * statistics.median(match_t) / d)
+    return dict(times=times, cpu=cpu, dense=d, flops_ratio=flops_ratio, removal=stats["removal"],
+                match_pct=100 * statistics.median(match_t) / statistics.median(cpu["dense"]))
 
 
 def match_cell(name: str, res: dict) -> str:
@@ -122,11 +125,13 @@ def main(argv=None):
     p.add_argument("--executors", default="reference,lean", help="comma-separated: reference, lean, auto")
     p.add_argument("--force-removal", default="", help="comma-separated input removal levels, e.g. 0.3,0.5,0.7 "
                                                        "(real block-matching masks are always measured)")
+    p.add_argument("--psnr-threshold", type=float, default=20.0)
     p.add_argument("--out", default=None, help="append a markdown table here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = timm.create_model(args.model, num_classes=0).train()
+    model.configure_pair_pruning(SimWnWSettings(psnr_threshold=args.psnr_threshold))
     cfg = model.pretrained_cfg
     batch = make_batch(args.source, args.batch, args.size, cfg["mean"], cfg["std"], seed=0)
     executors = [e for e in args.executors.split(",") if e]
@@ -137,10 +142,12 @@ def main(argv=None):
         for name in ["dense", *executors]:
             ts = res["times"][name]
             ratios = [t / d for t, d in zip(ts, res["times"]["dense"])]  # per repeat: interleaved neighbours
+            cpu_ratios = [t / d for t, d in zip(res["cpu"][name], res["cpu"]["dense"])]
             lines.append(f"| {args.model} {args.size}px b{args.batch} | {args.threads} | "
-                         f"{'real (20 dB)' if force is None else f'forced {force:.0%}'} | {res['removal']:.3f} | {name} | "
+                         f"{f'real ({args.psnr_threshold:g} dB)' if force is None else f'forced {force:.0%}'} | {res['removal']:.3f} | {name} | "
                          f"{statistics.median(ts):.2f} s ({min(ts):.2f}-{max(ts):.2f}) | "
                          f"**{statistics.median(ratios):.3f}** ({min(ratios):.2f}-{max(ratios):.2f}) | "
+                         f"{statistics.median(cpu_ratios):.3f} ({min(cpu_ratios):.2f}-{max(cpu_ratios):.2f}) | "
                          f"{1.0 if name == 'dense' else res['flops_ratio']:.3f} | {match_cell(name, res)} |")
             print(lines[-1], flush=True)
     if args.out:

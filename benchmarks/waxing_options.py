@@ -1,6 +1,6 @@
 """Kept conv FLOPs under the waxing choices the SimWnW paper leaves open (issue 10 item 3), at init.
 
-For one batch of real view pairs and a randomly initialised encoder, the pair path (lean executor,
+For one batch of real view pairs and a randomly initialised (or, with ``--checkpoint``, trained) encoder, the pair path (lean executor,
 forward only, BatchNorm in training mode) is run with each option and the share of forward conv
 work kept is reported, overall and per stage, at two granularities:
 
@@ -77,11 +77,19 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--block-sizes", default="", help="comma-separated block sides (default: the paper's)")
+    p.add_argument("--checkpoint", default=None,
+                   help="model.safetensors of a trained backbone (a training run's checkpoint-N/); default: random init")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = timm.create_model(args.model, num_classes=0).train()
+    weights = "init"
+    if args.checkpoint:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(args.checkpoint), strict=True)
+        weights = args.checkpoint
     cfg = model.pretrained_cfg
     batch = make_batch(args.source, args.batch, args.size, cfg["mean"], cfg["std"], seed=0)
     blocks = [int(b) for b in args.block_sizes.split(",") if b] or [None]
@@ -90,13 +98,14 @@ def main(argv=None):
     lines = []
     for block, rings, point in cases:
         removal, kept, spatial, per_stage = kept_shares(model, batch, block, rings, POINTS[point])
-        lines.append(f"| {args.model} {args.size}px b{args.batch} | {block or 'paper'} | {point} | {rings} | "
+        lines.append(f"| {args.model} {args.size}px b{args.batch} ({'trained' if args.checkpoint else 'init'}) | "
+                     f"{block or 'paper'} | {point} | {rings} | "
                      f"{removal:.3f} | **{kept:.3f}** | {spatial:.3f} | "
                      + " / ".join(f"{v:.3f}" for v in per_stage.values()) + " |")
         print(lines[-1], flush=True)
     if args.out:
         with open(args.out, "a") as fh:
-            fh.write("\n".join(lines) + "\n")
+            fh.write(f"\n<!-- weights: {weights} -->\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
