@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from simwnw_hf.train import checkpoint as ckpt_mod
 from simwnw_hf.train.checkpoint import (CheckpointError, CheckpointWriteError, find_resumable_checkpoint,

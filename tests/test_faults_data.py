@@ -1,7 +1,6 @@
 """Hostile data: each image decodes or is skipped and counted; bad labels / empty splits are refused up front."""
 
 import io
-import json
 import subprocess
 import sys
 from pathlib import Path

@@ -2,7 +2,6 @@
 no weights on the remote, a retry after the fault succeeds, and the token never printed."""
 
 import hashlib
-import json
 import os
 import subprocess
 import sys

@@ -173,8 +173,6 @@ def _load_raw(source: Optional[str], split: Optional[str]):
 
 
 def _find_column(ds, wanted: Optional[str], names, feature_type, what: str) -> Optional[str]:
-    import datasets
-
     columns = list(ds.column_names)
     if wanted is not None:
         if wanted not in columns:

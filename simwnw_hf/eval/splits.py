@@ -17,7 +17,6 @@ record states it (``queries_seen_in_training: true``). :func:`holdout_indices` /
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
 import torch

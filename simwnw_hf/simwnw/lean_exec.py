@@ -24,14 +24,13 @@ Tests: ``tests/test_lean_exec.py`` holds these equal to ``masked_exec`` (and the
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .masked_exec import masked_batch_norm, zero_removed
-from .masks import PEAK_FLOPS, PSNR_PAIR_FLOPS, Correspondence, WaxResult, active_inputs, ring_distance
+from .masked_exec import masked_batch_norm
+from .masks import (PEAK_FLOPS, PSNR_PAIR_FLOPS, Correspondence, WaxResult, active_inputs, check_wax_inputs,
+                    ring_distance)
 
 __all__ = ["lean_conv2d", "lean_batch_norm", "wax_compact", "compact_mask", "zero_by_mask"]
 
@@ -148,13 +147,8 @@ def wax_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, remo
     ``(B, 1, H, W)`` when they were and no ring passes in any channel (or when all channels agree).
     Returned masks may be ``(B, 1, H, W)``; expanded over channels they equal ``wax``'s.
     """
-    if h1.shape != h2.shape or h1.dim() != 4:
-        raise ValueError(f"wax needs two (B, C, H, W) maps of equal shape, got {tuple(h1.shape)} and {tuple(h2.shape)}")
-    if max_rings < 0:
-        raise ValueError(f"max_rings must be >= 0, got {max_rings}")
+    check_wax_inputs(h1, h2, corr, max_rings)
     bsz, ch, h, w = h1.shape
-    if corr.owner.shape != (bsz, h * w):
-        raise ValueError(f"correspondence is for {tuple(corr.owner.shape)} pixels, feature map is {bsz}x{h}x{w}")
     zero = torch.zeros((), device=h1.device)
     if max_rings == 0 or corr.num_blocks == 0:
         return WaxResult(removed1, removed2, zero, zero)

@@ -213,6 +213,17 @@ class WaxResult:
     overhead_flops: torch.Tensor  # 0-d: ring PSNRs + per-channel peaks
 
 
+def check_wax_inputs(h1: torch.Tensor, h2: torch.Tensor, corr: "Correspondence", max_rings: int) -> None:
+    """One-line errors for inputs any waxing implementation refuses (shared by ``wax`` and its lean twin)."""
+    if h1.shape != h2.shape or h1.dim() != 4:
+        raise ValueError(f"wax needs two (B, C, H, W) maps of equal shape, got {tuple(h1.shape)} and {tuple(h2.shape)}")
+    if max_rings < 0:
+        raise ValueError(f"max_rings must be >= 0, got {max_rings}")
+    bsz, _, h, w = h1.shape
+    if corr.owner.shape != (bsz, h * w):
+        raise ValueError(f"correspondence is for {tuple(corr.owner.shape)} pixels, feature map is {bsz}x{h}x{w}")
+
+
 def wax(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, removed2: torch.Tensor,
         corr: Correspondence, psnr_threshold: float = 20.0, max_rings: int = 2) -> WaxResult:
     """Grow the removed regions of both views ring by ring, channel-wise (§4.2.2).
@@ -221,13 +232,8 @@ def wax(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, removed2: to
     (B, C|1, H, W) bool masks at that layer; ``corr``: :func:`block_correspondence` at (H, W).
     Masks never shrink. No gradient flows through the decision.
     """
-    if h1.shape != h2.shape or h1.dim() != 4:
-        raise ValueError(f"wax needs two (B, C, H, W) maps of equal shape, got {tuple(h1.shape)} and {tuple(h2.shape)}")
-    if max_rings < 0:
-        raise ValueError(f"max_rings must be >= 0, got {max_rings}")
+    check_wax_inputs(h1, h2, corr, max_rings)
     bsz, ch, h, w = h1.shape
-    if corr.owner.shape != (bsz, h * w):
-        raise ValueError(f"correspondence is for {tuple(corr.owner.shape)} pixels, feature map is {bsz}x{h}x{w}")
     r1 = removed1.expand(bsz, ch, h, w)
     r2 = removed2.expand(bsz, ch, h, w)
     if max_rings == 0 or corr.num_blocks == 0:

@@ -9,7 +9,6 @@ step 1 (:mod:`.eval_plan`) -> :func:`~.trainer.train` (pre-training, writes chec
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
