@@ -268,6 +268,20 @@ def test_dualgate_export_round_trip(tmp_path):
     assert 0 < inference["flops_per_image"] <= inference["dense_flops_per_image"]
     card = (gated_dir / "README.md").read_text()
     assert "eval-mode hard gates" in card and "inference_flops_per_image" in card
+    # the checkpoint (co-training state) also loads in `python -m simwnw_hf.eval` and in final kNN's backbone
+    import argparse
+
+    from simwnw_hf.eval.__main__ import build_eval_backbone
+    from simwnw_hf.train.__init__ import _headless
+
+    args = argparse.Namespace(checkpoint=str(tmp_path / "run"), model=None, seed=0, random_init=False, image_size=None)
+    evaluated = build_eval_backbone(args)[0].eval()
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), image_size=32, framework_args=HEADS, model_args=TINY,
+                      **METHODS["dualgate"])
+    knn_backbone = _headless(cfg)
+    knn_backbone.load_state_dict(_weights(tmp_path / "run"))
+    with torch.no_grad():
+        assert torch.equal(evaluated(x), trained(x)) and torch.equal(knn_backbone.eval()(x), trained(x))
     with pytest.raises(ValueError, match="--subnetwork applies to dual-gate runs"):
         run(tmp_path / "plain", framework="simclr")
         export_run(tmp_path / "plain", tmp_path / "plain-export", subnetwork="dense")
