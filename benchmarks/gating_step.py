@@ -48,7 +48,7 @@ def build(seed=0):
     torch.manual_seed(seed)
     dense = timm.create_model("simwnw_resnet18_cifar")
     torch.manual_seed(seed)
-    dual = timm.create_model("simwnw_dualgate_resnet18_cifar")
+    dual = timm.create_model("simwnw_dualgate_resnet18_cifar").add_dense_path()  # co-training: dense BN too
     cdg = timm.create_model("simwnw_resnet18_cifar")
     cdg.load_state_dict(dense.state_dict())
     convert_cdg(cdg)

@@ -23,6 +23,8 @@ import simwnw_hf  # noqa: F401
 from simwnw_hf.data.datasets import load_image_dataset
 from simwnw_hf.eval.features import extract_features
 from simwnw_hf.eval.knn import knn_evaluate
+from simwnw_hf.hub.subnetworks import dense_twin
+from simwnw_hf.models.dualgate_resnet import dense_state_dict, has_dense_path_keys
 from simwnw_hf.train.checkpoint import WEIGHTS_FILE, latest_checkpoint
 
 ROWS = [("vicreg_dense", "VICReg dense"), ("vicreg_dualgate", "VICReg + dual gate (t_d 0.3)"),
@@ -31,12 +33,19 @@ ROWS = [("vicreg_dense", "VICReg dense"), ("vicreg_dualgate", "VICReg + dual gat
 
 
 def encoder(cfg: dict, weights=None, dense_path: bool = False):
+    """The run's encoder; ``dense_path``: a dual-gate run's dense sub-network as the plain timm twin it exports to."""
     torch.manual_seed(0)
-    model = timm.create_model(cfg["model"], num_classes=0, **json.loads(cfg["model_args"]))
-    if weights is not None:
-        model.load_state_dict(weights)
+    name, args = cfg["model"], json.loads(cfg["model_args"])
     if dense_path:
-        model.set_default_path(False)
+        model = timm.create_model(dense_twin(name), num_classes=0, **args)
+        if weights is not None:
+            model.load_state_dict(dense_state_dict(weights))
+        return model.eval()
+    model = timm.create_model(name, num_classes=0, **args)
+    if weights is not None:
+        if has_dense_path_keys(weights):
+            model.add_dense_path()  # a dual-gate training checkpoint holds the dense path's BN too
+        model.load_state_dict(weights)
     return model.eval()
 
 

@@ -12,7 +12,7 @@ import simwnw_hf  # noqa: F401  (registers the models)
 from simwnw_hf.gating.dualgate import (GATE_TEMPERATURE, anneal_p, block_flops, bound_loss, budget_loss,
                                        gate_flops, sample_gate)
 from simwnw_hf.gating.dualgate_stats import dualgate_flops_real, dualgate_losses, dualgate_stats, pair_step_stats
-from simwnw_hf.models.dualgate_resnet import DualGateResNet, dense_state_dict
+from simwnw_hf.models.dualgate_resnet import DualGateResNet, dense_state_dict, gated_state_dict
 
 
 def _flops(fn):
@@ -21,13 +21,17 @@ def _flops(fn):
     return fc.get_total_flops()
 
 
-def _model(name="simwnw_dualgate_resnet18_cifar", **kw):
+def _model(name="simwnw_dualgate_resnet18_cifar", dense_path=True, **kw):
+    """The registered model; ``dense_path``: with the co-training dense BN (as the trainer prepares it)."""
     torch.manual_seed(0)
     m = timm.create_model(name, **kw)
+    if dense_path:
+        m.add_dense_path()
     with torch.no_grad():  # timm zero-inits each block's last BN: blocks would start as identities
         for blk in m.gated_blocks():
             blk.bn2.weight.uniform_(0.5, 1.5)
-            blk.bn2_gated.weight.uniform_(0.5, 1.5)
+            if dense_path:
+                blk.bn2_dense.weight.uniform_(0.5, 1.5)
     return m
 
 
@@ -90,19 +94,19 @@ def test_active_channel_flops_match_a_sliced_block():
     x = torch.randn(1, 64, 32, 32)
     with torch.no_grad():
         blk.gate.fc2.weight.normal_()
-        out, mask = blk.forward_path(x, gated=True)
+        out, mask = blk.forward_gated(x)
     keep = mask[0].bool()
     assert 0 < keep.sum() < keep.numel()
     c1 = nn.Conv2d(64, int(keep.sum()), 3, 2, 1, bias=False)
     c2 = nn.Conv2d(int(keep.sum()), 128, 3, 1, 1, bias=False)
     c1.weight.data = blk.conv1.weight.data[keep]
     c2.weight.data = blk.conv2.weight.data[:, keep]
-    bn1 = blk.bn1_gated
+    bn1 = blk.bn1
 
     def sliced():
         h = torch.relu(nn.functional.batch_norm(c1(x), bn1.running_mean[keep], bn1.running_var[keep],
                                                 bn1.weight[keep], bn1.bias[keep], False, 0.0, bn1.eps))
-        return torch.relu(blk.bn2_gated(c2(h)) + blk.downsample(x))
+        return torch.relu(blk.bn2(c2(h)) + blk.downsample(x))
 
     with torch.no_grad():
         ref = sliced()
@@ -146,11 +150,11 @@ def test_dense_path_exports_to_plain_timm_resnet(name, plain):
     ref.load_state_dict(dense_state_dict(m), strict=True)
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
-        assert not torch.allclose(m.eval().forward_features(x, gated=True), ref.eval().forward_features(x))
+        assert not torch.allclose(m.eval().forward_features(x), ref.eval().forward_features(x))
     for train in (False, True):
         m.train(train), ref.train(train)
         with torch.no_grad():
-            assert torch.equal(m.forward_features(x, gated=False), ref.forward_features(x))
+            assert torch.equal(m.forward_dual(x, gated=False)[0], ref.forward_features(x))
 
 
 def test_keep_all_gates_equal_the_dense_path():
@@ -158,8 +162,8 @@ def test_keep_all_gates_equal_the_dense_path():
     with torch.no_grad():
         for blk in m.gated_blocks():
             blk.gate.fc2.weight.zero_()  # logits 0 -> eval gate on (logits >= 0)
-            blk.bn1_gated.load_state_dict(blk.bn1.state_dict())
-            blk.bn2_gated.load_state_dict(blk.bn2.state_dict())
+            blk.bn1.load_state_dict(blk.bn1_dense.state_dict())
+            blk.bn2.load_state_dict(blk.bn2_dense.state_dict())
         x = torch.randn(2, 3, 32, 32)
         gated, masks = m.forward_dual(x, gated=True)
         assert all(bool(mm.all()) for mm in masks)
@@ -167,7 +171,7 @@ def test_keep_all_gates_equal_the_dense_path():
 
 
 def test_registered_models_follow_timm_conventions(tmp_path):
-    m = _model()
+    m = _model(dense_path=False)
     assert isinstance(m, DualGateResNet) and m.num_classes == 0
     assert m.pretrained_cfg["num_classes"] == 0 and not m.pretrained_cfg.get("hf_hub_id")
     x = torch.randn(2, 3, 32, 32)
@@ -175,9 +179,9 @@ def test_registered_models_follow_timm_conventions(tmp_path):
     with torch.no_grad():
         y = m(x)
         assert torch.equal(y, m.forward_head(m.forward_features(x)))
-        assert torch.equal(y, m.forward_features(x, gated=True).mean((2, 3)))
+        assert torch.equal(y, m.forward_dual(x, gated=True)[0].mean((2, 3)))
     torch.save(m.state_dict(), tmp_path / "w.pt")
-    m2 = _model()
+    m2 = _model(dense_path=False)
     m2.load_state_dict(torch.load(tmp_path / "w.pt"), strict=True)
     m2.eval()
     with torch.no_grad():
@@ -215,3 +219,35 @@ def test_pretrained_loads_a_local_file(tmp_path):
     m.eval(), m2.eval()
     with torch.no_grad():
         assert torch.equal(m(x), m2(x))
+
+
+def test_registered_model_uses_every_parameter_and_has_no_dense_keys():
+    """timm's contract: a plain forward of the registered (gated) model gives every parameter a gradient."""
+    m = _model(dense_path=False).train()
+    assert not any("_dense" in k for k in m.state_dict())
+    m(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert [n for n, p in m.named_parameters() if p.grad is None] == []
+
+
+def test_dense_path_is_added_once_and_needed_for_the_dense_forward():
+    m = _model(dense_path=False)
+    with pytest.raises(ValueError, match="add_dense_path"):
+        m.forward_dual(torch.randn(1, 3, 32, 32), gated=False)
+    with pytest.raises(ValueError, match="no dense path"):
+        dense_state_dict(m)
+    m.add_dense_path()
+    keys = list(m.state_dict())
+    m.add_dense_path()
+    assert list(m.state_dict()) == keys and "layer1.0.bn1_dense.weight" in keys
+    # a plain forward still runs the gated path only: the dense BN gets no gradient from it
+    m.train()(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert m.layer1[0].bn1_dense.weight.grad is None and m.layer1[0].bn1.weight.grad is not None
+
+
+def test_gated_state_dict_loads_strictly_into_the_registered_model():
+    trained = _model()  # co-training state: gated keys + the dense path's *_dense BN
+    deployed = timm.create_model("simwnw_dualgate_resnet18_cifar")
+    deployed.load_state_dict(gated_state_dict(trained.state_dict()), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(deployed.eval()(x), trained.eval()(x))

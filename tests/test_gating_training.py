@@ -150,7 +150,7 @@ def test_prune_false_equals_the_dense_model(two_views):
 
     # dual gate: prune=False is the dense path, i.e. the dense twin with the dense state_dict
     torch.manual_seed(0)
-    dg = _tiny("simwnw_dualgate_resnet18_cifar")
+    dg = prepare_backbone(_tiny("simwnw_dualgate_resnet18_cifar"), DualGateSettings())  # adds the dense path
     twin = _tiny("simwnw_resnet18_cifar")
     twin.load_state_dict(dense_state_dict(dg))
     vic = VICReg(dg, dg.num_features, 32, 32, dual_gate=DualGateSettings())
@@ -195,11 +195,12 @@ def test_prune_false_equals_the_dense_model(two_views):
 
 def test_dualgate_step_stats_add_up_to_the_metered_dense_step(two_views):
     """PairStats' dense FLOPs are the backbone's share of the trainer's metered dense step (FlopCounterMode)."""
+    from simwnw_hf.gating.training import prepare_backbone
     from simwnw_hf.ssl.frameworks import VICReg
     from simwnw_hf.train.flops import count_step_flops, dense_step_flops
 
     torch.manual_seed(0)
-    dg = _tiny("simwnw_dualgate_resnet18_cifar")
+    dg = prepare_backbone(_tiny("simwnw_dualgate_resnet18_cifar"), DualGateSettings())
     vic = VICReg(dg, dg.num_features, 32, 32, dual_gate=DualGateSettings()).train()
     _, stats = vic(two_views)
     metered = dense_step_flops(vic, two_views)
@@ -212,10 +213,11 @@ def test_dualgate_step_stats_add_up_to_the_metered_dense_step(two_views):
 
 def test_dualgate_epoch_reaches_the_bound_loss(two_views):
     """The trainer passes the epoch through set_progress; the bound loss anneals with it."""
+    from simwnw_hf.gating.training import prepare_backbone
     from simwnw_hf.ssl.frameworks import VICReg
 
     torch.manual_seed(0)
-    dg = _tiny("simwnw_dualgate_resnet18_cifar").eval()  # eval: no sampling noise, same masks each call
+    dg = prepare_backbone(_tiny("simwnw_dualgate_resnet18_cifar"), DualGateSettings()).eval()  # eval: no sampling noise, same masks each call
     vic = VICReg(dg, dg.num_features, 32, 32, dual_gate=DualGateSettings(budget_weight=0.0)).eval()
     vic.set_progress(0.0, epoch=0.0)
     early = vic(two_views)[0]
@@ -232,7 +234,7 @@ def test_dualgate_export_round_trip(tmp_path):
     run(tmp_path / "run", **METHODS["dualgate"])
     dense_dir = export_run(tmp_path / "run", tmp_path / "dense", subnetwork="dense")
     gated_dir = export_run(tmp_path / "run", tmp_path / "gated")
-    trained = _tiny("simwnw_dualgate_resnet18_cifar")
+    trained = _tiny("simwnw_dualgate_resnet18_cifar").add_dense_path()  # the checkpoint holds the co-training state
     trained.load_state_dict(_weights(tmp_path / "run"))
     x = torch.randn(4, 3, 32, 32)
 
@@ -245,9 +247,18 @@ def test_dualgate_export_round_trip(tmp_path):
     plain.load_state_dict(dense_state_dict(trained))  # the dense keys are timm resnet18's
     plain.eval()
     with torch.no_grad():
-        ref = trained.eval().forward_features(x, gated=False)
+        ref = trained.eval().forward_dual(x, gated=False)[0]
         assert torch.allclose(dense.forward_features(x), ref) and torch.allclose(plain.forward_features(x), ref)
 
+    from safetensors.torch import load_file
+
+    exported = load_file(str(gated_dir / "model.safetensors"))
+    assert not any("_dense" in k for k in exported)  # the registered model's keys, loaded strictly below
+    gated = timm.create_model("simwnw_dualgate_resnet18_cifar", num_classes=0, channels=[8, 16, 16, 16])
+    gated.load_state_dict(exported, strict=True)
+    gated.eval()
+    with torch.no_grad():
+        assert torch.allclose(gated(x), trained(x))
     gated = timm.create_model(f"local-dir:{gated_dir}", pretrained=True).eval()
     with torch.no_grad():
         assert torch.allclose(gated(x), trained(x))  # eval-mode hard gates at inference
@@ -257,6 +268,20 @@ def test_dualgate_export_round_trip(tmp_path):
     assert 0 < inference["flops_per_image"] <= inference["dense_flops_per_image"]
     card = (gated_dir / "README.md").read_text()
     assert "eval-mode hard gates" in card and "inference_flops_per_image" in card
+    # the checkpoint (co-training state) also loads in `python -m simwnw_hf.eval` and in final kNN's backbone
+    import argparse
+
+    from simwnw_hf.eval.__main__ import build_eval_backbone
+    from simwnw_hf.train.__init__ import _headless
+
+    args = argparse.Namespace(checkpoint=str(tmp_path / "run"), model=None, seed=0, random_init=False, image_size=None)
+    evaluated = build_eval_backbone(args)[0].eval()
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), image_size=32, framework_args=HEADS, model_args=TINY,
+                      **METHODS["dualgate"])
+    knn_backbone = _headless(cfg)
+    knn_backbone.load_state_dict(_weights(tmp_path / "run"))
+    with torch.no_grad():
+        assert torch.equal(evaluated(x), trained(x)) and torch.equal(knn_backbone.eval()(x), trained(x))
     with pytest.raises(ValueError, match="--subnetwork applies to dual-gate runs"):
         run(tmp_path / "plain", framework="simclr")
         export_run(tmp_path / "plain", tmp_path / "plain-export", subnetwork="dense")

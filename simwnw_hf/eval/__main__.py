@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 import simwnw_hf  # noqa: F401  (registers simwnw_* models)
 from simwnw_hf.eval.splits import HOLDOUT_FRACTION, HOLDOUT_SEED, TrainingData
+from simwnw_hf.models.dualgate_resnet import has_dense_path_keys
 from simwnw_hf.train.checkpoint import (CHECKPOINT_RE, WEIGHTS_FILE, latest_checkpoint, safetensors_header,
                                         verify_checkpoint)
 
@@ -65,6 +66,8 @@ def _create_backbone(model_name: str, model_args: dict, from_run: bool) -> torch
 def _load_weights(backbone: torch.nn.Module, weights: Path, model_name: str, run_model) -> None:
     """Strict load; weights of another architecture are one line naming the mismatch, not a traceback."""
     state = load_file(str(weights))
+    if callable(getattr(backbone, "add_dense_path", None)) and has_dense_path_keys(state):
+        backbone.add_dense_path()  # a dual-gate training checkpoint also holds the dense path's BN
     expected = backbone.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

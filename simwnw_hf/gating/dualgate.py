@@ -42,7 +42,7 @@ GATE_TEMPERATURE = 2.0 / 3.0
 
 def logistic_noise(like: torch.Tensor, generator: Optional[torch.Generator] = None, eps: float = 1e-8) -> torch.Tensor:
     """``log u - log(1 - u)``, u ~ U(0, 1): the difference of two Gumbels (binary Gumbel-softmax)."""
-    u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    u = torch.rand_like(like, generator=generator)  # rand_like, not rand(shape): traceable by torch.fx
     return torch.log(u + eps) - torch.log(1 - u + eps)
 
 
@@ -108,17 +108,18 @@ class ChannelGate(nn.Module):
     """Squeeze-excitation gate network + sampler: block input ``(N, C_in, H, W)`` -> mask ``(N, C_out)``."""
 
     def __init__(self, in_channels: int, out_channels: int, reduction: int = 4,
-                 temperature: float = GATE_TEMPERATURE, norm_layer=nn.BatchNorm2d):
+                 temperature: float = GATE_TEMPERATURE, norm_layer=nn.BatchNorm2d, device=None, dtype=None):
         super().__init__()
+        dd = {"device": device, "dtype": dtype}  # timm's factory kwargs (device="meta" included)
         if in_channels // reduction < 1:
             raise ValueError(f"gate reduction {reduction} leaves no channels of {in_channels}")
         mid = in_channels // reduction
         self.in_channels, self.out_channels, self.reduction = in_channels, out_channels, reduction
         self.temperature = temperature
-        self.fc1 = nn.Conv2d(in_channels, mid, 1, bias=False)
-        self.bn = norm_layer(mid)
+        self.fc1 = nn.Conv2d(in_channels, mid, 1, bias=False, **dd)
+        self.bn = norm_layer(mid, **dd)
         self.act = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(mid, out_channels, 1, bias=False)
+        self.fc2 = nn.Conv2d(mid, out_channels, 1, bias=False, **dd)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         z = x.mean((2, 3), keepdim=True)

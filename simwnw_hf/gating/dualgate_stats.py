@@ -59,7 +59,8 @@ def dualgate_geometry(model: nn.Module, input_hw: Sequence[int]) -> Tuple[float,
     try:
         with torch.no_grad():
             p = next(model.parameters())
-            model.forward_dual(torch.zeros(1, model.in_chans, *key, device=p.device, dtype=p.dtype), gated=False)
+            # the gated path: the registered model always has it (the dense BN is training-time state)
+            model.forward_dual(torch.zeros(1, model.in_chans, *key, device=p.device, dtype=p.dtype), gated=True)
     finally:
         model.train(was)
         for h in hooks:

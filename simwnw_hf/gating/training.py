@@ -58,7 +58,7 @@ def prepare_backbone(backbone: nn.Module, settings) -> nn.Module:
         if not is_dualgate_model(backbone):
             raise ValueError(f"{settings.flag} fits {settings.families}; '{name}' is not one "
                              f"(use --model simwnw_dualgate_resnet18_cifar or simwnw_dualgate_resnet18)")
-        return backbone
+        return backbone.add_dense_path()  # seed 002 co-trains the dense path with its own block BN
     if _is_vit(backbone):
         raise ValueError(f"{settings.flag} fits {settings.families}; '{name}' is a ViT")
     if isinstance(settings, CDGSettings):
@@ -96,7 +96,10 @@ def checkpoint_encoder(backbone: nn.Module) -> nn.Module:
     A CDG backbone is a timm model with converted convs: its dense network (thresholds and gate norms
     dropped) is saved, so kNN evaluation and Hub export load it as the plain model (the full state,
     thresholds included, is in the Accelerate training state for resume). Back Razor convs have
-    ``nn.Conv2d``'s state_dict, and the dual-gate model is its own registered architecture.
+    ``nn.Conv2d``'s state_dict. A dual-gate backbone is saved whole, the dense path's ``*_dense`` BN
+    included: both sub-networks are exported from it (:mod:`simwnw_hf.hub.subnetworks`), final kNN and
+    resume build it with ``build_backbone`` (which adds the dense path), and ``python -m simwnw_hf.eval``
+    adds the dense path when the weights hold it.
     """
     if any(isinstance(m, CDGConv2d) for m in backbone.modules()):
         return revert_cdg(copy.deepcopy(backbone))

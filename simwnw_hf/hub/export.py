@@ -34,7 +34,8 @@ import simwnw_hf  # noqa: F401  (registers simwnw_* architectures with timm)
 from .card import render_card
 from .comparable import check_baseline
 from .record import find_checkpoint, record_to_metadata, training_record
-from .subnetworks import SUBNETWORKS, dense_subnetwork, inference_batch, is_dualgate_record, measure_inference_flops
+from .subnetworks import (SUBNETWORKS, dense_subnetwork, gated_subnetwork, inference_batch, is_dualgate_record,
+                          measure_inference_flops)
 
 __all__ = ["export_run", "build_encoder", "hub_config", "default_repo_id", "recipe_tag", "CONFIG_FILE", "CARD_FILE"]
 
@@ -194,9 +195,10 @@ def _encoder_to_export(record: dict, state_dict: dict, subnetwork: Optional[str]
     if subnetwork == "dense":
         record, state_dict = dense_subnetwork(record, state_dict)
         return record, build_encoder(record, state_dict)
+    record, state_dict = gated_subnetwork(record, state_dict)
     model = build_encoder(record, state_dict)
     batch, source = inference_batch(record, model, dataset=flops_dataset)
-    return {**record, "subnetwork": "gated", "inference_flops": {**measure_inference_flops(model, batch), **source}}, model
+    return {**record, "inference_flops": {**measure_inference_flops(model, batch), **source}}, model
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,7 @@
 """The two exports of a dual-gate run (seed 002): the dense sub-network and the gated network.
 
 One pre-training yields both (docs/GATING.md §1). ``dense``: the dense path's weights under timm's
-keys, exported as the plain ResNet twin of the architecture (``simwnw_dualgate_resnet18_cifar`` ->
+keys (the training checkpoint's ``bn*_dense`` renamed), exported as the plain ResNet twin of the architecture (``simwnw_dualgate_resnet18_cifar`` ->
 ``simwnw_resnet18_cifar``, ``simwnw_dualgate_resnet18`` -> ``simwnw_resnet18``, which timm's
 ``resnet18`` also loads). ``gated``: the registered ``simwnw_dualgate_*`` model, whose ``model(x)`` runs
 eval-mode hard gates; its inference FLOPs depend on the input, so they are measured on a batch of real
@@ -29,12 +29,19 @@ def dense_twin(model_name: str) -> str:
 
 
 def dense_subnetwork(record: dict, state_dict: dict):
-    """``(record, state_dict)`` of the dense sub-network: the plain twin architecture, gates dropped."""
-    from simwnw_hf.models.dualgate_resnet import GATED_KEY_PARTS
+    """``(record, state_dict)`` of the dense sub-network: the plain twin architecture, gates and gated BN
+    dropped, the dense path's ``bn*_dense`` renamed to timm's ``bn*``."""
+    from simwnw_hf.models.dualgate_resnet import dense_state_dict
 
-    dense = {k: v for k, v in state_dict.items() if not any(part in k for part in GATED_KEY_PARTS)}
     return {**record, "model": dense_twin(record["model"]), "subnetwork": "dense",
-            "trained_as": record["model"]}, dense
+            "trained_as": record["model"]}, dense_state_dict(state_dict)
+
+
+def gated_subnetwork(record: dict, state_dict: dict):
+    """``(record, state_dict)`` of the gated network: the registered model's keys (dense path's BN dropped)."""
+    from simwnw_hf.models.dualgate_resnet import gated_state_dict
+
+    return {**record, "subnetwork": "gated"}, gated_state_dict(state_dict)
 
 
 @torch.no_grad()
