@@ -6,7 +6,6 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import simwnw_hf  # noqa: F401

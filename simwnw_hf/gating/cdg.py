@@ -44,7 +44,6 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from simwnw_hf.simwnw.flops import dense_model_flops
 
