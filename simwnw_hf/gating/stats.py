@@ -44,7 +44,11 @@ class GatingStats:
         return self.train_actual / self.train_dense if self.train_dense else 1.0
 
     def as_dict(self) -> Dict[str, float]:
-        """Flat record for metrics.jsonl / summaries (``gating_*`` keys)."""
+        """Flat ``gating_*`` record of this report, for benchmarks and inspection.
+
+        The trainer does not write it: runs record gating through :class:`~simwnw_hf.pruning.PairStats`
+        (``simwnw_hf.gating.training``), the one stats path of every method.
+        """
         out = {f"gating_{k}": v for k, v in asdict(self).items() if k != "extra"}
         out["gating_forward_ratio"] = self.forward_ratio
         out["gating_train_ratio"] = self.train_ratio

@@ -57,6 +57,10 @@ class PairStats:
             total = total + item
         return total
 
+    def _per_pair(self, total: float) -> float:
+        """A pair-weighted sum as a mean over pairs; 0 when no pair was encoded."""
+        return total / self.pairs if self.pairs else 0.0
+
     @property
     def pruned(self) -> bool:
         """True when a pruning-aware pair forward ran (dense steps leave the stats empty)."""
@@ -65,17 +69,17 @@ class PairStats:
     @property
     def removal_ratio(self) -> float:
         """Mean fraction of input removed per pair (0 when nothing was pruned)."""
-        return self.removed_fraction_sum / self.pairs if self.pairs else 0.0
+        return self._per_pair(self.removed_fraction_sum)
 
     @property
     def kept_token_ratio(self) -> float:
         """Mean fraction of token-block work kept per pair (0 when nothing was pruned)."""
-        return self.kept_token_fraction_sum / self.pairs if self.pairs else 0.0
+        return self._per_pair(self.kept_token_fraction_sum)
 
     @property
     def sparsity(self) -> float:
         """Mean sparsity of a gating method per pair (0 when nothing was gated)."""
-        return self.sparsity_sum / self.pairs if self.pairs else 0.0
+        return self._per_pair(self.sparsity_sum)
 
     @property
     def forward_flops_ratio(self) -> float:

@@ -16,6 +16,7 @@ import platform
 import subprocess
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -226,9 +227,9 @@ class Run:
     window: _Window = field(default_factory=_Window)
     step_lr: Optional[float] = None   # the lr the last optimizer step used (the scheduler has moved on since)
 
-    @property
+    @cached_property
     def params(self) -> list:
-        """Trainable parameters, whose gradients the finite check covers."""
+        """Trainable parameters, whose gradients the finite check covers (listed once, not every step)."""
         return [p for p in self.unwrapped.parameters() if p.requires_grad]
 
     @property
