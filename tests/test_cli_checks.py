@@ -266,3 +266,13 @@ def test_resume_cannot_change_whether_the_holdout_is_trained_on(dev_only, tmp_pa
     train(tiny(out, dataset=str(dev_only), max_samples=None))  # --no-knn-eval: trained on the whole split
     with pytest.raises(ValueError, match=r"eval_holdout_excluded=False \(now True\)"):
         run(tiny(out, dataset=str(dev_only), max_samples=None, resume=True, max_steps=3, knn_eval=True))
+
+
+def test_eval_cli_help_renders(capsys):
+    """`python -m simwnw_hf.eval --help` once crashed: argparse %-formats help text, and a bare '%' broke it."""
+    from simwnw_hf.eval.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "20% of each class" in " ".join(capsys.readouterr().out.split())

@@ -118,7 +118,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--train-split", default=None, help="memory bank / probe training split (default: train)")
     parser.add_argument("--test-split", default="test",
                         help=f"query split; a dataset with one split gets a seeded class-stratified hold-out "
-                             f"({HOLDOUT_FRACTION:.0%} of each class, seed {HOLDOUT_SEED}) instead")
+                             f"({HOLDOUT_FRACTION * 100:.0f}%% of each class, seed {HOLDOUT_SEED}) instead")  # %%: argparse %-formats help
     parser.add_argument("--image-column", default=None)
     parser.add_argument("--label-column", default=None)
     parser.add_argument("--image-size", type=int, default=None)
