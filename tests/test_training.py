@@ -29,10 +29,13 @@ def test_metrics_and_checkpoints(tmp_path):
     summary = train(tiny(tmp_path, keep_checkpoints=5))
     lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in lines] == [1, 2, 3, 4]
-    for key in ("step", "epoch", "loss", "lr", "images_per_s", "train_flops"):
+    for key in ("step", "epoch", "loss", "lr", "images_per_s", "train_flops", "train_time_s"):
         assert key in lines[0]
     flops = [l["train_flops"] for l in lines]
     assert flops[0] > 0 and all(abs(f - flops[0] * (i + 1)) < 1e-3 * f for i, f in enumerate(flops))
+    times = [l["train_time_s"] for l in lines]  # cumulative: the x-axis of accuracy-vs-time curves
+    assert times[0] > 0 and all(b > a for a, b in zip(times, times[1:]))
+    assert summary["wall_time_s"] == pytest.approx(times[-1])
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
     weights = load_file(str(tmp_path / "checkpoint-4" / "model.safetensors"))
     assert "conv1.weight" in weights and not any(k.startswith(("fc.", "projection")) for k in weights)

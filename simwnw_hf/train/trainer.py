@@ -400,6 +400,8 @@ def account_step(run: Run, loss: torch.Tensor, stats: PairStats, n_images: int, 
 def log_record(run: Run, epoch: int) -> dict:
     """One metrics.jsonl line; FLOPs and image counts summed over processes, ratios averaged.
 
+    ``train_flops`` and ``train_time_s`` are cumulative (run start to this step); the rest describe the window.
+
     With pruning: per-step means ``dense_flops`` (dense step), ``pruned_flops`` (the step as run: pruned
     backbone + overhead + heads; ``simwnw_flops`` is its old name, kept one release for every method),
     ``overhead_flops``, and the ratios the method measures (``removal_ratio``, ``kept_token_ratio``).
@@ -412,7 +414,10 @@ def log_record(run: Run, epoch: int) -> dict:
     record = {"step": run.step, "epoch": epoch, "loss": summed[0] / n_proc / w.steps,
               "lr": run.step_lr,  # what the logged step used, not the scheduler's next value
               "images_per_s": summed[1] / max(w.time, 1e-9),
-              "train_flops": summed[2]}
+              "train_flops": summed[2],
+              # cumulative wall time of the training steps so far (this process), the x-axis of
+              # accuracy-vs-time curves; data loading between steps is not in it, as in summary.json
+              "train_time_s": run.counters["wall_time_s"]}
     ratios = reported_ratios(run.pruning)
     if ratios:
         means = torch.tensor([getattr(w.stats, name) for name in ratios], dtype=torch.float64, device=acc.device)
