@@ -39,3 +39,17 @@ def test_cli_errors_are_clear(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "simwnw_hf.eval", "knn", "--checkpoint", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "no model.safetensors" in proc.stderr
+
+
+def test_cli_evaluates_a_vit_trained_at_another_image_size(tmp_path):
+    """A ViT trained at --image-size 32 has a position embedding for 32 px: the CLI builds it that way
+    (it once built the 224 px default and refused the checkpoint on pos_embed's shape)."""
+    from simwnw_hf.eval.__main__ import main
+    from simwnw_hf.train.config import TrainConfig
+    from simwnw_hf.train.trainer import train
+
+    train(TrainConfig(framework="simsiam", model="simwnw_vit_tiny_patch16_224", image_size=32, batch_size=4,
+                      max_samples=8, max_steps=1, knn_eval=False, output_dir=str(tmp_path),
+                      framework_args='{"hidden_dim": 32, "out_dim": 32}'))
+    result = main(["knn", "--checkpoint", str(tmp_path), "--max-train", "16", "--max-test", "8"])
+    assert 0 <= result["top1"] <= 100 and result["num_test"] == 8

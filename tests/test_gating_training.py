@@ -285,3 +285,16 @@ def test_dualgate_export_round_trip(tmp_path):
     with pytest.raises(ValueError, match="--subnetwork applies to dual-gate runs"):
         run(tmp_path / "plain", framework="simclr")
         export_run(tmp_path / "plain", tmp_path / "plain-export", subnetwork="dense")
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_run_end_knn_loads_every_methods_checkpoint(tmp_path, method):
+    """The run-end kNN loads the checkpoint strictly: a CDG run (whose checkpoint holds the dense network)
+    once ended in a state_dict traceback after training."""
+    from simwnw_hf.train import run as run_and_evaluate
+
+    args = dict(image_size=32, batch_size=8, max_samples=32, max_steps=1, log_every=1, eval_max_samples=16,
+                output_dir=str(tmp_path), framework_args=HEADS, model_args=TINY, model="simwnw_resnet18_cifar")
+    args.update(METHODS[method])
+    summary = run_and_evaluate(TrainConfig(**args))
+    assert 0 <= summary["eval"]["knn"]["top1"] <= 100

@@ -36,6 +36,7 @@ def test_metrics_and_checkpoints(tmp_path):
     times = [l["train_time_s"] for l in lines]  # cumulative: the x-axis of accuracy-vs-time curves
     assert times[0] > 0 and all(b > a for a, b in zip(times, times[1:]))
     assert summary["wall_time_s"] == pytest.approx(times[-1])
+    assert 0 < summary["cpu_time_s"] == pytest.approx(lines[-1]["train_cpu_s"])
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4"]
     weights = load_file(str(tmp_path / "checkpoint-4" / "model.safetensors"))
     assert "conv1.weight" in weights and not any(k.startswith(("fc.", "projection")) for k in weights)

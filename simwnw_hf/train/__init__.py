@@ -23,11 +23,14 @@ def _knn(cfg, backbone, trained_on) -> dict:
 
 
 def _headless(cfg):
-    """The backbone exactly as the trainer builds it (ViT size, multi-crop ``dynamic_img_size``), so the
-    checkpoint loads strictly; pair pruning only changes ``forward_pair``, never the plain forward."""
+    """The backbone exactly as the trainer saves it (ViT size, multi-crop ``dynamic_img_size``; a CDG
+    backbone's dense network, :func:`~simwnw_hf.gating.training.checkpoint_encoder`), so the checkpoint
+    loads strictly; pair pruning only changes ``forward_pair``, never the plain forward."""
+    from simwnw_hf.gating.training import checkpoint_encoder
+
     from .trainer import build_backbone
 
-    return build_backbone(cfg)
+    return checkpoint_encoder(build_backbone(cfg))
 
 
 def final_knn(cfg, excluded_holdout: bool = False) -> dict:

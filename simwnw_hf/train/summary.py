@@ -13,7 +13,7 @@ from simwnw_hf.pruning.settings import reported_ratios
 GATING_RATIOS = ("sparsity", "forward_flops_ratio", "activation_saved_fraction")
 """Step means of the gating methods; summaries report ``mean_<name>`` (None unless the method measures it)."""
 
-COUNTER_KEYS = ("train_flops", "dense_flops", "overhead_flops", "wall_time_s", "removal_ratio_sum",
+COUNTER_KEYS = ("train_flops", "dense_flops", "overhead_flops", "wall_time_s", "cpu_time_s", "removal_ratio_sum",
                 "kept_token_ratio_sum", "pruned_steps", "skipped_images", "sparsity_sum", "forward_flops_ratio_sum",
                 "activation_saved_fraction_sum")
 """Cumulative, resumable counters of a run (``trainer_state.json["counters"]``)."""
@@ -31,7 +31,9 @@ def cost_summary(counters: Mapping[str, float], pruning: Mapping, num_processes:
 
     ``pruning``: the run's pruning record (:func:`simwnw_hf.pruning.pruning_record`); a ratio is
     reported (else None) when that method measures it and at least one step was pruned.
-    ``wall_time_s`` is the counters' sum over processes divided by ``num_processes``.
+    ``wall_time_s`` is the counters' sum over processes divided by ``num_processes``; ``cpu_time_s`` is
+    the CPU time of the training steps summed over processes (all threads: on a shared machine it moves
+    less than wall time when other jobs take the cores, so cost ratios can be checked against it).
     """
     pruned = counters.get("pruned_steps") or 0
     ratios = reported_ratios(pruning)
@@ -46,6 +48,7 @@ def cost_summary(counters: Mapping[str, float], pruning: Mapping, num_processes:
         "mean_kept_token_ratio": (counters.get("kept_token_ratio_sum", 0.0) / pruned
                                   if pruned and "kept_token_ratio" in ratios else None),
         "wall_time_s": wall / num_processes if wall is not None else None,
+        "cpu_time_s": counters.get("cpu_time_s"),
         **{f"mean_{name}": (counters.get(f"{name}_sum", 0.0) / pruned if pruned and name in ratios else None)
            for name in GATING_RATIOS},
     }

@@ -417,7 +417,7 @@ def log_record(run: Run, epoch: int) -> dict:
               "train_flops": summed[2],
               # cumulative wall time of the training steps so far (this process), the x-axis of
               # accuracy-vs-time curves; data loading between steps is not in it, as in summary.json
-              "train_time_s": run.counters["wall_time_s"]}
+              "train_time_s": run.counters["wall_time_s"], "train_cpu_s": run.counters["cpu_time_s"]}
     ratios = reported_ratios(run.pruning)
     if ratios:
         means = torch.tensor([getattr(w.stats, name) for name in ratios], dtype=torch.float64, device=acc.device)
@@ -481,9 +481,10 @@ def train(cfg: TrainConfig, exclude: Optional[Sequence[int]] = None) -> dict:
             if "views" not in batch:  # every image of this batch was unreadable
                 continue
             meter_dense_step(run, batch)
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             loss, stats = train_step(run, batch)
             elapsed = time.perf_counter() - started
+            run.counters.add("cpu_time_s", time.process_time() - cpu_started)
             run.step += 1
             account_step(run, loss, stats, batch["views"][0].shape[0], elapsed)
             bar.update(1)
