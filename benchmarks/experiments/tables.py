@@ -44,14 +44,14 @@ def _json(obj) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-# CPU scale: quarter-width CIFAR ResNet-18, 2000 CIFAR-10 train images, 100 steps of 64 (3.2 epochs),
+# CPU scale: quarter-width CIFAR ResNet-18, 2000 CIFAR-10 train images, 60 steps of 64 (1.9 epochs),
 # kNN with the 2000 training images as bank and 1000 test images as queries. Paper scale: the papers'
 # ResNet-18 (full width), the whole CIFAR-10 train split, batch 256 per GPU, 800 epochs (SimSiam / SimWnW).
-CIFAR_CPU = ("--max-samples", "2000", "--image-size", "32", "--batch-size", "64", "--max-steps", "100",
+CIFAR_CPU = ("--max-samples", "2000", "--image-size", "32", "--batch-size", "64", "--max-steps", "60",
              "--warmup-steps", "10", "--log-every", "5", "--eval-max-samples", "1000",
              "--model-args", _json({"channels": [16, 32, 64, 128]}),
              "--framework-args", _json({"hidden_dim": 512, "out_dim": 512}),
-             "--save-every", "25", "--keep-checkpoints", "8")
+             "--save-every", "15", "--keep-checkpoints", "8")
 CIFAR_PAPER = ("--image-size", "32", "--batch-size", "256", "--epochs", "800", "--warmup-steps", "500",
                "--log-every", "50", "--save-every", "5000", "--keep-checkpoints", "40", "--mixed-precision", "bf16")
 
@@ -82,10 +82,10 @@ VICREG = Table(
          ("--model", "simwnw_dualgate_resnet18_cifar", "--gating", "dualgate", "--gate-target", "0.3"))),
     {"cpu": VICREG_CPU, "paper": CIFAR_PAPER}, baseline="vicreg_dense", linear_probe=True)
 
-# DINO ViT-Tiny on the 500-image ImageNet sample at 112 px (49 tokens), 64 steps of 32 (4 epochs).
+# DINO ViT-Tiny on the 500-image ImageNet sample at 112 px (49 tokens), 48 steps of 32 (3 epochs).
 # The sample has one image per class, so accuracy is a transfer kNN on CIFAR-10 at the ViT's input size.
-DINO_CPU = ("--image-size", "112", "--batch-size", "32", "--max-steps", "64", "--warmup-steps", "8",
-            "--log-every", "8", "--dino-out-dim", "1024", "--no-knn-eval", "--save-every", "32",
+DINO_CPU = ("--image-size", "112", "--batch-size", "32", "--max-steps", "48", "--warmup-steps", "8",
+            "--log-every", "8", "--dino-out-dim", "1024", "--no-knn-eval", "--save-every", "24",
             "--keep-checkpoints", "4")
 DINO_PAPER = ("--image-size", "224", "--batch-size", "256", "--epochs", "100", "--warmup-steps", "2000",
               "--log-every", "50", "--mixed-precision", "bf16", "--n-local-crops", "10")
