@@ -87,7 +87,7 @@ VICREG = Table(
 DINO_CPU = ("--image-size", "112", "--batch-size", "32", "--max-steps", "48", "--warmup-steps", "8",
             "--log-every", "8", "--dino-out-dim", "1024", "--no-knn-eval", "--save-every", "24",
             "--keep-checkpoints", "4")
-DINO_PAPER = ("--image-size", "224", "--batch-size", "256", "--epochs", "100", "--warmup-steps", "2000",
+DINO_PAPER = ("--model", "simwnw_vit_small_patch16_224", "--image-size", "224", "--batch-size", "256", "--epochs", "100", "--warmup-steps", "2000",
               "--log-every", "50", "--mixed-precision", "bf16", "--n-local-crops", "10")
 DINO = Table(
     "dino_vit", "DINO ViT-Tiny: dense vs SimWnW tokens vs SimPrune vs EViT (Table 6, SimPrune)",
