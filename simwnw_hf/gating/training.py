@@ -111,10 +111,12 @@ def _pooled(backbone: nn.Module, fmap: torch.Tensor) -> torch.Tensor:
 
 
 def encode_dualgate_pair(backbone: nn.Module, x1: torch.Tensor, x2: torch.Tensor, settings: DualGateSettings,
-                         epoch: float, prune: bool = True) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, PairStats]:
+                         epoch: float, prune: bool = True, progress: float = 0.0
+                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, PairStats]:
     """Seed 002's co-training pair: view 1 through the gated path, view 2 through the dense path.
 
-    Extra loss: the FLOPs budget loss plus DGNet's bound loss annealed with ``exp(-alpha * epoch)``.
+    Extra loss: the FLOPs budget loss plus DGNet's bound loss annealed with ``exp(-alpha * epoch)``
+    (or, with ``settings.anneal_final``, ``anneal_final ** progress``: :meth:`DualGateSettings.bound_p`).
     ``prune=False``: both views dense, no extra loss.
     """
     if not prune:
@@ -126,7 +128,7 @@ def encode_dualgate_pair(backbone: nn.Module, x1: torch.Tensor, x2: torch.Tensor
     hw = x1.shape[-2:]
     budget, bound = dualgate_losses(backbone, masks, hw, target=settings.target, epoch=epoch,
                                     lam=settings.budget_weight, gamma=settings.bound_weight,
-                                    alpha=settings.anneal_alpha)
+                                    p=settings.bound_p(epoch, progress))
     gated = dualgate_stats(backbone, masks, hw)
     n = float(x1.shape[0])
     # the gate convs run on the pooled map: forward, grad-input and grad-weight
