@@ -131,12 +131,9 @@ def encode_dualgate_pair(backbone: nn.Module, x1: torch.Tensor, x2: torch.Tensor
                                     p=settings.bound_p(epoch, progress))
     gated = dualgate_stats(backbone, masks, hw)
     n = float(x1.shape[0])
-    # the gate convs run on the pooled map: forward, grad-input and grad-weight
-    overhead = 3.0 * gated.overhead_flops * n
-    stats = PairStats(pairs=n, dense_flops=2 * gated.train_dense * n,
-                      pruned_flops=(gated.train_dense + gated.train_actual) * n - overhead, overhead_flops=overhead,
-                      sparsity_sum=gated.sparsity * n, forward_dense_flops=gated.forward_dense * n,
-                      forward_pruned_flops=gated.forward_actual * n)
+    # the gated view (its gate convs on the pooled map: forward, grad-input, grad-weight) + the dense view
+    dense_view = gated.train_dense * n
+    stats = gated.pair_stats(n) + PairStats(dense_flops=dense_view, pruned_flops=dense_view)
     return _pooled(backbone, fmap1), _pooled(backbone, fmap2), budget + bound, stats
 
 
@@ -164,11 +161,7 @@ def encode_cdg_pair(backbone: nn.Module, x1: torch.Tensor, x2: torch.Tensor, set
     f1 = _pooled(backbone, forward_branch(backbone, x1, 0))
     f2 = _pooled(backbone, forward_branch(backbone, x2, 1))
     extra = threshold_loss(backbone, target=settings.tau_target, weight=settings.threshold_weight)
-    s = cdg_stats(backbone, x1.shape[-2:])  # per image, mean of the two branches
-    n = float(x1.shape[0])
-    stats = PairStats(pairs=n, dense_flops=2 * s.train_dense * n, pruned_flops=2 * s.train_actual * n,
-                      sparsity_sum=s.sparsity * n, forward_dense_flops=2 * s.forward_dense * n,
-                      forward_pruned_flops=2 * s.forward_actual * n)
+    stats = cdg_stats(backbone, x1.shape[-2:]).pair_stats(x1.shape[0], views=2)  # per image, mean of the branches
     return f1, f2, extra, stats
 
 
