@@ -57,22 +57,25 @@ def keep_mask(x: torch.Tensor, rho: float) -> torch.Tensor:
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """Bool tensor -> uint8 tensor of ``ceil(numel / 8)`` bytes (8 flags a byte)."""
-    flat = mask.flatten()
+    """Bool tensor -> uint8 tensor of ``ceil(numel / 8)`` bytes (8 flags a byte, element i at bit i % 8)."""
+    flat = mask.flatten().view(torch.uint8)  # bool is one byte 0/1: a view, no copy
     pad = (-flat.numel()) % 8
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
-    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=mask.device)
-    return (flat.view(-1, 8).to(torch.uint8) * weights).sum(1, dtype=torch.uint8)
+    lanes = flat.view(-1, 8)
+    out = lanes[:, 0].clone()
+    for bit in range(1, 8):
+        out |= lanes[:, bit] << bit
+    return out
 
 
 def unpack_bits(packed: torch.Tensor, shape) -> torch.Tensor:
     """Inverse of :func:`pack_bits`."""
-    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=packed.device)
     n = 1
     for s in shape:
         n *= int(s)
-    return ((packed[:, None] & weights) != 0).flatten()[:n].view(shape)
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    return ((packed[:, None] >> shifts) & 1).flatten()[:n].view(torch.bool).view(shape)
 
 
 class BackRazorConv2dFunction(torch.autograd.Function):
@@ -185,7 +188,7 @@ class BitMaskReLUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         bits, = ctx.saved_tensors
-        return torch.where(unpack_bits(bits, ctx.shape), grad_out, grad_out.new_zeros(())), None
+        return grad_out.masked_fill(~unpack_bits(bits, ctx.shape), 0), None
 
 
 class BitMaskReLU(nn.ReLU):
