@@ -265,7 +265,7 @@ def test_run_scaled_annealing_follows_the_trainer_progress(two_views):
     vic.set_progress(0.0, epoch=500.0)
     assert vic(two_views)[0] == early  # the epoch does not matter
     vic.set_progress(1.0, epoch=1.0)
-    assert vic.progress == 1.0 and vic(two_views)[0] < early
+    assert vic.training_progress == 1.0 and vic(two_views)[0] < early
 
 
 def test_dualgate_export_round_trip(tmp_path):
