@@ -144,10 +144,11 @@ def main():
         f"- back_razor (rho = 0.9): pruned share of conv input activations {stats['back_razor'].sparsity:.3f}; "
         f"what the convs themselves save for backward: {statistics.mean(kept) + 1 / 32:.3f} of their dense "
         f"inputs (kept values fp32 + 1 bit/element); whole-model bytes saved for backward (each storage once) "
-        f"{bytes_br / 2**20:.1f} MiB vs dense {bytes_dense / 2**20:.1f} MiB = {bytes_br / bytes_dense:.3f}. "
-        "The whole model saves no memory: each conv input is also the ReLU output (or BN input) that "
-        "autograd keeps for those ops, so the pruned copy comes on top. The authors also replace ReLU/BN "
-        "(custom_relu.py / custom_bn.py) to drop those copies; that is not implemented here.",
+        f"{bytes_br / 2**20:.1f} MiB vs dense {bytes_dense / 2**20:.1f} MiB = {bytes_br / bytes_dense:.3f}, "
+        "the ReLUs saving a 1-bit mask instead of their output (the conv inputs), as the authors' "
+        "custom_relu.py; the BatchNorms still save their inputs (trained BN needs them; the authors freeze "
+        "BN). Without the bit-mask ReLUs the whole model saves more than dense "
+        "(benchmarks/results/gating_memory.md).",
         "- Wall time: every method computes densely and masks (CDG: two convolutions per layer, plus gating), "
         "so none is faster than dense here; the FLOPs ratios are what a sparse executor could skip.",
     ]

@@ -28,6 +28,8 @@ from simwnw_hf.models.dualgate_resnet import dense_state_dict, has_dense_path_ke
 from simwnw_hf.train.checkpoint import WEIGHTS_FILE, latest_checkpoint
 
 ROWS = [("vicreg_dense", "VICReg dense"), ("vicreg_dualgate", "VICReg + dual gate (t_d 0.3)"),
+        ("vicreg_dualgate_anneal", "VICReg + dual gate (t_d 0.3), --gate-anneal-final 0.05"),
+        ("vicreg_dualgate_anneal_b100", "VICReg + dual gate (t_d 0.3), --gate-anneal-final 0.05 --gate-budget-weight 100"),
         ("simclr_dense", "SimCLR dense"), ("simclr_cdg", "SimCLR + CDG"),
         ("simclr_backrazor", "SimCLR + Back Razor 0.9")]
 

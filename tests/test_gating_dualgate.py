@@ -202,12 +202,20 @@ def test_bad_input_fails_with_one_clear_message():
         dualgate_stats(m, [torch.ones(1, 64)], (32, 32))
 
 
-def test_stats_record_is_flat_and_prefixed():
+def test_stats_convert_to_the_runs_pair_stats():
+    """GatingStats (per image, per view) -> PairStats (sums over the step's images): one conversion."""
     m = _model()
     st = dualgate_stats(m, [torch.ones(1, b.conv1.out_channels) for b in m.gated_blocks()], (32, 32))
-    rec = st.as_dict()
-    assert rec["gating_method"] == "dualgate" and rec["gating_train_ratio"] == st.train_ratio
-    assert rec["gating_density_layer4.1"] == 1.0
+    assert st.extra["density_layer4.1"] == 1.0
+    ps = st.pair_stats(8)
+    assert ps.pairs == 8 and ps.sparsity == pytest.approx(st.sparsity)
+    assert ps.dense_flops == pytest.approx(8 * st.train_dense)
+    assert ps.pruned_flops + ps.overhead_flops == pytest.approx(8 * st.train_actual)
+    assert ps.overhead_flops == pytest.approx(8 * 3 * st.overhead_flops)  # forward, grad-input, grad-weight
+    assert ps.forward_flops_ratio == pytest.approx(st.forward_ratio)
+    two = st.pair_stats(8, views=2, overhead_passes=0)
+    assert two.pairs == 8 and two.dense_flops == pytest.approx(2 * ps.dense_flops) and two.overhead_flops == 0
+    assert two.sparsity == pytest.approx(st.sparsity)
 
 
 def test_pretrained_loads_a_local_file(tmp_path):

@@ -2,6 +2,7 @@
 wrong-family errors before data loading, dense runs unchanged, export of the dual-gate sub-networks."""
 
 import json
+import math
 
 import pytest
 import timm
@@ -86,6 +87,12 @@ def test_settings_come_from_flags_with_help_and_round_trip():
     (dict(framework="vicreg", gating="dualgate", gate_target=0.0), r"--gate-target must be in \(0.0, 1.0\]"),
     (dict(framework="simclr", gating="cdg", gate_groups=3), "--gate-groups must be an even integer"),
     (dict(simwnw=True, back_razor=0.5), "--simwnw and --back-razor are exclusive"),
+    (dict(framework="vicreg", gating="dualgate", gate_anneal_final=0.0), r"--gate-anneal-final must be in \(0.0, 1.0\]"),
+    (dict(framework="vicreg", gating="dualgate", gate_anneal_final=1.5), r"--gate-anneal-final must be in \(0.0, 1.0\]"),
+    (dict(framework="vicreg", gating="dualgate", gate_anneal_alpha=-0.1), r"--gate-anneal-alpha must be in \[0.0, inf\)"),
+    (dict(framework="vicreg", gating="dualgate", gate_anneal_alpha=0.1, gate_anneal_final=0.05),
+     "--gate-anneal-alpha and --gate-anneal-final are exclusive"),
+    (dict(framework="vicreg", gate_anneal_final=0.05), "anneal dual gating's bound loss; add --gating dualgate"),
 ])
 def test_bad_gating_flags_fail_in_one_line(kwargs, message):
     with pytest.raises(ValueError, match=message) as err:
@@ -223,6 +230,42 @@ def test_dualgate_epoch_reaches_the_bound_loss(two_views):
     early = vic(two_views)[0]
     vic.set_progress(0.5, epoch=200.0)
     assert vic.epoch == 200.0 and vic(two_views)[0] < early
+
+
+def test_bound_loss_annealing_schedules():
+    """Default: the authors' exp(-0.02 epoch); --gate-anneal-alpha: another rate; --gate-anneal-final P:
+    the same exponential with the rate scaled to the run, P ** progress (P at the last step)."""
+    default = TrainConfig(framework="vicreg", gating="dualgate").pruning
+    assert default.anneal_final is None and default.anneal_alpha == 0.02
+    assert default.bound_p(epoch=50.0, progress=0.1) == pytest.approx(math.exp(-1.0))
+    fast = TrainConfig(framework="vicreg", gating="dualgate", gate_anneal_alpha=0.3).pruning
+    assert fast.bound_p(epoch=10.0, progress=0.5) == pytest.approx(math.exp(-3.0))
+    run_scaled = parse_config(["--framework", "vicreg", "--gating", "dualgate", "--gate-anneal-final", "0.05"]).pruning
+    assert run_scaled == DualGateSettings(anneal_final=0.05)
+    assert run_scaled.bound_p(epoch=3.0, progress=0.0) == 1.0
+    assert run_scaled.bound_p(epoch=9.6, progress=1.0) == pytest.approx(0.05)
+    assert run_scaled.bound_p(epoch=4.8, progress=0.5) == pytest.approx(math.sqrt(0.05))
+    # = exp(-alpha' epoch) with alpha' = -ln(0.05) / planned epochs (9.6 here), whatever the run length
+    assert run_scaled.bound_p(epoch=2.4, progress=0.25) == pytest.approx(math.exp(math.log(0.05) / 9.6 * 2.4))
+    assert settings_from_record(pruning_record(run_scaled)) == run_scaled
+    assert settings_from_record({"method": "dualgate", "target": 0.3}) == DualGateSettings()  # older records
+
+
+def test_run_scaled_annealing_follows_the_trainer_progress(two_views):
+    """With --gate-anneal-final the bound loss follows set_progress's progress, not the epoch."""
+    from simwnw_hf.gating.training import prepare_backbone
+    from simwnw_hf.ssl.frameworks import VICReg
+
+    torch.manual_seed(0)
+    settings = DualGateSettings(budget_weight=0.0, anneal_final=0.01)
+    dg = prepare_backbone(_tiny("simwnw_dualgate_resnet18_cifar"), settings).eval()  # eval: same masks each call
+    vic = VICReg(dg, dg.num_features, 32, 32, dual_gate=settings).eval()
+    vic.set_progress(0.0, epoch=1.0)
+    early = vic(two_views)[0]
+    vic.set_progress(0.0, epoch=500.0)
+    assert vic(two_views)[0] == early  # the epoch does not matter
+    vic.set_progress(1.0, epoch=1.0)
+    assert vic.training_progress == 1.0 and vic(two_views)[0] < early
 
 
 def test_dualgate_export_round_trip(tmp_path):

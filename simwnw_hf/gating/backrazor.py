@@ -8,6 +8,14 @@ threshold is 0 and everything is kept); the forward is the dense conv of the ful
 kept values and a bit mask are saved; the weight gradient uses the pruned ``x``, the input gradient
 (which needs only the weight) is exact. Not training (eval) or no grad: a plain conv.
 
+Memory: a conv's input in a ResNet is a ReLU output, and ``nn.ReLU`` saves that output for its own
+backward, so pruning the conv's copy alone saves nothing (the full tensor stays alive). As the
+authors' ``custom_relu.py`` does, :class:`BitMaskReLU` saves only the 1-bit mask ``y > 0`` (its
+backward ``g * (y > 0)`` needs nothing else; exact), so the conv input survives only in Back Razor's
+kept-values form. The BatchNorms still save their inputs (the conv outputs): the authors freeze BN
+(``full_noBN``, ``--fix_bn_stat``) in their CNN runs; SSL pre-training from scratch trains it, and
+BN's input gradient needs the exact input.
+
 FLOPs are counted like ``simwnw_hf.simwnw.flops``: forward and grad-input dense; grad-weight counts
 the products ``g[co, p] * x[ci, p + k]`` minus those whose activation was pruned: each pruned input
 element skips ``C_out / groups`` x (number of (output position, kernel offset) pairs that read it)
@@ -27,6 +35,7 @@ from simwnw_hf.simwnw.flops import dense_model_flops
 from .stats import GatingStats
 
 __all__ = ["keep_mask", "pack_bits", "unpack_bits", "BackRazorConv2dFunction", "BackRazorConv2d",
+           "BitMaskReLUFunction", "BitMaskReLU",
            "convert_back_razor", "coverage", "back_razor_stats", "saved_tensor_bytes", "reset_tally", "step_tally"]
 
 
@@ -40,27 +49,33 @@ def keep_mask(x: torch.Tensor, rho: float) -> torch.Tensor:
     per = x[0].numel()
     k = int(min(max(per * rho, 1), per))
     mag = x.abs().flatten(1)
-    thr = mag.kthvalue(k, dim=1).values
+    if per - k + 1 < k:  # the k-th smallest is the (per - k + 1)-th largest: select the smaller side
+        thr = mag.topk(per - k + 1, dim=1, sorted=False).values.amin(1)
+    else:
+        thr = mag.kthvalue(k, dim=1).values
     return (mag >= thr[:, None]).view_as(x)
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """Bool tensor -> uint8 tensor of ``ceil(numel / 8)`` bytes (8 flags a byte)."""
-    flat = mask.flatten()
+    """Bool tensor -> uint8 tensor of ``ceil(numel / 8)`` bytes (8 flags a byte, element i at bit i % 8)."""
+    flat = mask.flatten().view(torch.uint8)  # bool is one byte 0/1: a view, no copy
     pad = (-flat.numel()) % 8
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
-    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=mask.device)
-    return (flat.view(-1, 8).to(torch.uint8) * weights).sum(1, dtype=torch.uint8)
+    lanes = flat.view(-1, 8)
+    out = lanes[:, 0].clone()
+    for bit in range(1, 8):
+        out |= lanes[:, bit] << bit
+    return out
 
 
 def unpack_bits(packed: torch.Tensor, shape) -> torch.Tensor:
     """Inverse of :func:`pack_bits`."""
-    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=packed.device)
     n = 1
     for s in shape:
         n *= int(s)
-    return ((packed[:, None] & weights) != 0).flatten()[:n].view(shape)
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    return ((packed[:, None] >> shifts) & 1).flatten()[:n].view(torch.bool).view(shape)
 
 
 class BackRazorConv2dFunction(torch.autograd.Function):
@@ -68,7 +83,7 @@ class BackRazorConv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, mask, stride, padding, dilation, groups):
-        ctx.save_for_backward(x[mask], pack_bits(mask), weight)
+        ctx.save_for_backward(x.masked_select(mask), pack_bits(mask), weight)  # masked_select: no nonzero()
         ctx.meta = (tuple(x.shape), stride, padding, dilation, groups, bias is not None)
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
@@ -80,8 +95,7 @@ class BackRazorConv2dFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = torch.nn.grad.conv2d_input(shape, weight, grad_out, stride, padding, dilation, groups)
         if ctx.needs_input_grad[1]:
-            x = values.new_zeros(shape)
-            x[unpack_bits(bits, shape)] = values
+            x = values.new_zeros(shape).masked_scatter_(unpack_bits(bits, shape), values)
             gw = torch.nn.grad.conv2d_weight(x, weight.shape, grad_out, stride, padding, dilation, groups)
         if has_bias and ctx.needs_input_grad[2]:
             gb = grad_out.sum((0, 2, 3))
@@ -121,19 +135,30 @@ class BackRazorConv2d(nn.Conv2d):
         y = BackRazorConv2dFunction.apply(x, self.weight, self.bias, kept, self.stride, self.padding,
                                           self.dilation, self.groups)
         with torch.no_grad():
+            # kept count per input position (summed over batch and channels): the pruned products of
+            # every element at a position are the same, its coverage (float32 whatever x's dtype: counts)
+            kept_hw = kept.sum((0, 1), dtype=torch.float32)
+            n_kept = float(kept_hw.sum())
+            pruned_hw = x.shape[0] * x.shape[1] - kept_hw
+            cov = self._coverage(tuple(x.shape[-2:]), tuple(y.shape[-2:]), x.device, torch.float32)
             self.record = dict(in_shape=tuple(x.shape), out_hw=tuple(y.shape[-2:]), input_grad=x.requires_grad,
-                               pruned_products=float(((~kept).sum(0).to(x.dtype) * coverage(self, tuple(x.shape[-2:]),
-                                                   tuple(y.shape[-2:]), x.device, x.dtype)).sum()),
-                               kept_fraction=float(kept.float().mean()))
-            self._tally(x, y, kept)
+                               pruned_products=float((pruned_hw * cov).sum()), kept_fraction=n_kept / x.numel())
+            self._tally(x, y, n_kept)
         return y
 
-    def _tally(self, x: torch.Tensor, y: torch.Tensor, kept: torch.Tensor) -> None:
+    def _coverage(self, in_hw, out_hw, device, dtype) -> torch.Tensor:
+        """:func:`coverage` of this conv, cached per shape / device / dtype (it depends on nothing else)."""
+        cache = self.__dict__.setdefault("_coverage_cache", {})
+        key = (in_hw, out_hw, str(device), dtype)
+        if key not in cache:
+            cache[key] = coverage(self, in_hw, out_hw, device, dtype)
+        return cache[key]
+
+    def _tally(self, x: torch.Tensor, y: torch.Tensor, n_kept: float) -> None:
         """Add this training forward to :attr:`tally` (summed over calls until :func:`reset_tally`)."""
         r = self.record
         fwd = 2.0 * self.kernel_size[0] * self.kernel_size[1] * (self.in_channels // self.groups) \
             * self.out_channels * y.shape[-2] * y.shape[-1] * x.shape[0]
-        n_kept = float(kept.sum())
         call = dict(dense_train_flops=fwd * (2 + int(r["input_grad"])),
                     skipped_flops=2.0 * (self.out_channels // self.groups) * r["pruned_products"],
                     elements=float(x.numel()), kept_elements=n_kept,
@@ -141,6 +166,40 @@ class BackRazorConv2d(nn.Conv2d):
                     bytes_kept=n_kept * x.element_size() + float((x.numel() + 7) // 8))
         tally = getattr(self, "tally", None) or dict.fromkeys(call, 0.0)
         self.tally = {k: tally[k] + v for k, v in call.items()}
+
+
+class BitMaskReLUFunction(torch.autograd.Function):
+    """ReLU that saves a 1-bit mask of ``y > 0`` for backward instead of its output (the authors' ReLU).
+
+    Backward ``where(y > 0, g, 0)`` is exactly ``nn.ReLU``'s (``threshold_backward``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, inplace: bool):
+        if inplace:
+            ctx.mark_dirty(x)
+            y = x.clamp_(min=0)
+        else:
+            y = x.clamp(min=0)
+        ctx.shape = tuple(y.shape)
+        ctx.save_for_backward(pack_bits(y > 0))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        bits, = ctx.saved_tensors
+        return grad_out.masked_fill(~unpack_bits(bits, ctx.shape), 0), None
+
+
+class BitMaskReLU(nn.ReLU):
+    """``nn.ReLU`` whose autograd keeps a bit mask, not the output: the tensor is freed once the next
+    layer (a Back Razor conv, keeping only its pruned copy) is done with it. Exactly ``nn.ReLU``'s
+    values and gradients; without grad a plain ReLU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return super().forward(x)
+        return BitMaskReLUFunction.apply(x, self.inplace)
 
 
 def coverage(conv: nn.Conv2d, in_hw: Tuple[int, int], out_hw: Tuple[int, int], device=None, dtype=torch.float32
@@ -157,19 +216,29 @@ def coverage(conv: nn.Conv2d, in_hw: Tuple[int, int], out_hw: Tuple[int, int], d
     return full
 
 
-def convert_back_razor(model: nn.Module, rho: float, skip_first: bool = False) -> List[str]:
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    setattr(parent, name.rsplit(".", 1)[-1], new)
+
+
+def convert_back_razor(model: nn.Module, rho: float, skip_first: bool = False, relu_masks: bool = True) -> List[str]:
     """Replace every ``nn.Conv2d`` of ``model`` by a ``BackRazorConv2d`` (weights kept), in place.
 
-    ``skip_first`` leaves the first conv (the stem, whose input is the image) dense. Returns the names.
+    ``skip_first`` leaves the first conv (the stem, whose input is the image) dense. ``relu_masks``
+    also replaces every ``nn.ReLU`` module by :class:`BitMaskReLU` (exact; without it the ReLU
+    outputs, i.e. the conv inputs, stay saved in full and Back Razor saves no memory). Returns the
+    converted convs' names.
     """
     convs = [(n, m) for n, m in model.named_modules() if type(m) is nn.Conv2d]
     if not convs:
         raise ValueError("convert_back_razor found no nn.Conv2d to convert")
     names = []
     for name, mod in convs[1:] if skip_first else convs:
-        parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-        setattr(parent, name.rsplit(".", 1)[-1], BackRazorConv2d.from_conv(mod, rho))
+        _replace(model, name, BackRazorConv2d.from_conv(mod, rho))
         names.append(name)
+    if relu_masks:
+        for name, mod in [(n, m) for n, m in model.named_modules() if type(m) is nn.ReLU]:
+            _replace(model, name, BitMaskReLU(inplace=mod.inplace))
     return names
 
 

@@ -19,7 +19,7 @@ view through the gated path and one through the dense path, :func:`pair_step_sta
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -91,12 +91,16 @@ def dualgate_flops_real(model: nn.Module, masks: Sequence[torch.Tensor], input_h
 
 
 def dualgate_losses(model: nn.Module, masks: Sequence[torch.Tensor], input_hw: Sequence[int], target: float,
-                    epoch: float, lam: float = 5.0, gamma: float = 1.0, alpha: float = 0.02
-                    ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(budget_loss, bound_loss)`` of one gated forward; add both to the SSL loss."""
+                    epoch: float, lam: float = 5.0, gamma: float = 1.0, alpha: float = 0.02,
+                    p: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(budget_loss, bound_loss)`` of one gated forward; add both to the SSL loss.
+
+    ``p``: the bound loss's tightness; None: the authors' ``anneal_p(epoch, alpha)``
+    (``DualGateSettings.bound_p`` gives it for a run-scaled schedule).
+    """
     real, full = dualgate_flops_real(model, masks, input_hw)
     densities = torch.stack([m.mean() for m in masks])
-    return budget_loss(real, full, target, lam), bound_loss(densities, target, anneal_p(epoch, alpha), gamma)
+    return budget_loss(real, full, target, lam), bound_loss(densities, target, anneal_p(epoch, alpha) if p is None else p, gamma)
 
 
 @torch.no_grad()

@@ -11,8 +11,10 @@ not follow these numbers; see benchmarks/results/gating_step.md).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Dict
+
+from simwnw_hf.pruning.stats import PairStats
 
 
 @dataclass(frozen=True)
@@ -43,17 +45,22 @@ class GatingStats:
     def train_ratio(self) -> float:
         return self.train_actual / self.train_dense if self.train_dense else 1.0
 
-    def as_dict(self) -> Dict[str, float]:
-        """Flat ``gating_*`` record of this report, for benchmarks and inspection.
+    def pair_stats(self, images: float, views: int = 1, overhead_passes: int = 3) -> PairStats:
+        """This per-image report as the trainer's :class:`~simwnw_hf.pruning.PairStats` (sums over images).
 
-        The trainer does not write it: runs record gating through :class:`~simwnw_hf.pruning.PairStats`
-        (``simwnw_hf.gating.training``), the one stats path of every method.
+        The one conversion between the two: mechanisms report per image and view (this class, with
+        the method's ``extra`` detail); runs record :class:`PairStats` sums, like every pair pruner.
+        ``images``: image pairs of the step; ``views``: views the method ran this report for (CDG: 2,
+        its report being the mean of the two branches; dual gate: 1, the gated view; its dense view
+        is added by the caller); ``overhead_passes``: passes the gate runs in ``train_actual``
+        (forward, grad-input, grad-weight: 3), moved from ``pruned_flops`` to ``overhead_flops``.
         """
-        out = {f"gating_{k}": v for k, v in asdict(self).items() if k != "extra"}
-        out["gating_forward_ratio"] = self.forward_ratio
-        out["gating_train_ratio"] = self.train_ratio
-        out.update({f"gating_{k}": v for k, v in self.extra.items()})
-        return out
+        n = float(images) * views
+        overhead = overhead_passes * self.overhead_flops * n
+        return PairStats(pairs=float(images), dense_flops=self.train_dense * n,
+                         pruned_flops=self.train_actual * n - overhead, overhead_flops=overhead,
+                         sparsity_sum=self.sparsity * float(images), forward_dense_flops=self.forward_dense * n,
+                         forward_pruned_flops=self.forward_actual * n)
 
 
 def conv_flops(kh: int, kw: int, cin: int, cout: int, positions: float, groups: int = 1) -> float:

@@ -111,10 +111,12 @@ def _pooled(backbone: nn.Module, fmap: torch.Tensor) -> torch.Tensor:
 
 
 def encode_dualgate_pair(backbone: nn.Module, x1: torch.Tensor, x2: torch.Tensor, settings: DualGateSettings,
-                         epoch: float, prune: bool = True) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, PairStats]:
+                         epoch: float, prune: bool = True, progress: float = 0.0
+                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, PairStats]:
     """Seed 002's co-training pair: view 1 through the gated path, view 2 through the dense path.
 
-    Extra loss: the FLOPs budget loss plus DGNet's bound loss annealed with ``exp(-alpha * epoch)``.
+    Extra loss: the FLOPs budget loss plus DGNet's bound loss annealed with ``exp(-alpha * epoch)``
+    (or, with ``settings.anneal_final``, ``anneal_final ** progress``: :meth:`DualGateSettings.bound_p`).
     ``prune=False``: both views dense, no extra loss.
     """
     if not prune:
@@ -126,15 +128,12 @@ def encode_dualgate_pair(backbone: nn.Module, x1: torch.Tensor, x2: torch.Tensor
     hw = x1.shape[-2:]
     budget, bound = dualgate_losses(backbone, masks, hw, target=settings.target, epoch=epoch,
                                     lam=settings.budget_weight, gamma=settings.bound_weight,
-                                    alpha=settings.anneal_alpha)
+                                    p=settings.bound_p(epoch, progress))
     gated = dualgate_stats(backbone, masks, hw)
     n = float(x1.shape[0])
-    # the gate convs run on the pooled map: forward, grad-input and grad-weight
-    overhead = 3.0 * gated.overhead_flops * n
-    stats = PairStats(pairs=n, dense_flops=2 * gated.train_dense * n,
-                      pruned_flops=(gated.train_dense + gated.train_actual) * n - overhead, overhead_flops=overhead,
-                      sparsity_sum=gated.sparsity * n, forward_dense_flops=gated.forward_dense * n,
-                      forward_pruned_flops=gated.forward_actual * n)
+    # the gated view (its gate convs on the pooled map: forward, grad-input, grad-weight) + the dense view
+    dense_view = gated.train_dense * n
+    stats = gated.pair_stats(n) + PairStats(dense_flops=dense_view, pruned_flops=dense_view)
     return _pooled(backbone, fmap1), _pooled(backbone, fmap2), budget + bound, stats
 
 
@@ -162,11 +161,7 @@ def encode_cdg_pair(backbone: nn.Module, x1: torch.Tensor, x2: torch.Tensor, set
     f1 = _pooled(backbone, forward_branch(backbone, x1, 0))
     f2 = _pooled(backbone, forward_branch(backbone, x2, 1))
     extra = threshold_loss(backbone, target=settings.tau_target, weight=settings.threshold_weight)
-    s = cdg_stats(backbone, x1.shape[-2:])  # per image, mean of the two branches
-    n = float(x1.shape[0])
-    stats = PairStats(pairs=n, dense_flops=2 * s.train_dense * n, pruned_flops=2 * s.train_actual * n,
-                      sparsity_sum=s.sparsity * n, forward_dense_flops=2 * s.forward_dense * n,
-                      forward_pruned_flops=2 * s.forward_actual * n)
+    stats = cdg_stats(backbone, x1.shape[-2:]).pair_stats(x1.shape[0], views=2)  # per image, mean of the branches
     return f1, f2, extra, stats
 
 

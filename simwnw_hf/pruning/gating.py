@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Tuple
+from typing import ClassVar, Optional, Tuple
 
 GATING_METHODS = ("dualgate", "cdg", "scdg")
 """Values of ``--gating``."""
@@ -35,13 +35,20 @@ class DualGateSettings:
     target: t_d, the kept fraction of the gated path's inference FLOPs (0.1 / 0.3 / 0.5 in the paper).
     budget_weight: lambda of ``lambda (F_real / F_full - t_d)^2`` (5).
     bound_weight: gamma of DGNet's per-layer bound loss (1).
-    anneal_alpha: the bound loss tightness ``p = exp(-alpha * epoch)`` (0.02).
+    anneal_alpha: the bound loss tightness ``p = exp(-alpha * epoch)`` (0.02, the authors' value,
+        made for hundreds of epochs: after 10 epochs p is still 0.82 and every layer is held near
+        ``sqrt(t_d)`` density, above the budget).
+    anneal_final: None (the authors' schedule) or the p reached at the last step of the run: the same
+        exponential with alpha scaled to the planned run, ``p = anneal_final ** progress``
+        (``= exp(-alpha' epoch)`` with ``alpha' = -ln(anneal_final) / planned epochs``), so a short
+        run opens the bounds and can reach t_d. Replaces ``anneal_alpha`` when set.
     """
 
     target: float = 0.3
     budget_weight: float = 5.0
     bound_weight: float = 1.0
     anneal_alpha: float = 0.02
+    anneal_final: Optional[float] = None
 
     method: ClassVar[str] = "dualgate"
     flag: ClassVar[str] = "--gating dualgate"
@@ -53,7 +60,16 @@ class DualGateSettings:
         object.__setattr__(self, "target", _number("--gate-target", self.target, 0.0, 1.0))
         object.__setattr__(self, "budget_weight", _number("--gate-budget-weight", self.budget_weight, 0.0, math.inf, False, True))
         object.__setattr__(self, "bound_weight", _number("--gate-bound-weight", self.bound_weight, 0.0, math.inf, False, True))
-        object.__setattr__(self, "anneal_alpha", _number("anneal_alpha", self.anneal_alpha, 0.0, math.inf, False, True))
+        object.__setattr__(self, "anneal_alpha", _number("--gate-anneal-alpha", self.anneal_alpha, 0.0, math.inf,
+                                                         False, True))
+        if self.anneal_final is not None:
+            object.__setattr__(self, "anneal_final", _number("--gate-anneal-final", self.anneal_final, 0.0, 1.0))
+
+    def bound_p(self, epoch: float, progress: float) -> float:
+        """The bound loss's tightness p at ``epoch`` epochs done, ``progress`` (in [0, 1]) of the run done."""
+        if self.anneal_final is None:
+            return math.exp(-self.anneal_alpha * float(epoch))
+        return self.anneal_final ** min(max(float(progress), 0.0), 1.0)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ class SSLFramework(nn.Module):
         return [self.backbone]
 
     epoch: float = 0.0  # epochs done (fractional), set by set_progress; dual gating anneals by it
+    training_progress: float = 0.0  # fraction of the run done, set by set_progress (dual gating's run-scaled annealing)
 
     def set_progress(self, progress: float, epoch: Optional[float] = None) -> None:
         """Fraction of training done, in [0, 1]; forwarded to the encoders that follow a schedule.
@@ -51,6 +52,7 @@ class SSLFramework(nn.Module):
         """
         if not 0.0 <= float(progress) <= 1.0:
             raise ValueError(f"progress must be in [0, 1], got {progress}")
+        self.training_progress = float(progress)
         if epoch is not None:
             if not float(epoch) >= 0.0:
                 raise ValueError(f"epoch must be >= 0, got {epoch}")

@@ -172,7 +172,8 @@ class VICReg(SSLFramework):
     def forward(self, batch, prune: bool = True):
         x1, x2, g1, g2 = two_views(batch)
         if self.dual_gate is not None:
-            f1, f2, extra, stats = encode_dualgate_pair(self.backbone, x1, x2, self.dual_gate, self.epoch, prune)
+            f1, f2, extra, stats = encode_dualgate_pair(self.backbone, x1, x2, self.dual_gate, self.epoch, prune,
+                                                          progress=self.training_progress)
             return self.criterion(self.projection_head(f1), self.projection_head(f2)) + extra, stats
         plan = plan_pair(self.backbone, x1, x2, g1, g2, prune)
         f1, f2, stats = encode_pair(self.backbone, x1, x2, plan)

@@ -63,7 +63,9 @@ class TrainConfig:
     gating: Optional[str] = None  # dualgate (VICReg, simwnw_dualgate_resnet* models) | cdg | scdg (SimCLR, CNN encoders)
     gate_target: float = 0.3  # dualgate: t_d, kept fraction of the gated path's inference FLOPs
     gate_budget_weight: float = 5.0  # dualgate: lambda of the FLOPs budget loss lambda (F_real / F_full - t_d)^2
-    gate_bound_weight: float = 1.0  # dualgate: gamma of DGNet's per-layer bound loss (annealed exp(-0.02 epoch))
+    gate_bound_weight: float = 1.0  # dualgate: gamma of DGNet's per-layer bound loss, annealed p = exp(-alpha epoch)
+    gate_anneal_alpha: Optional[float] = None  # dualgate: alpha of the bound loss annealing; None: 0.02 (the authors', for hundreds of epochs)
+    gate_anneal_final: Optional[float] = None  # dualgate: p at the last step instead (alpha scaled to the run, e.g. 0.05 for a short run)
     gate_groups: int = 4  # cdg/scdg: channel groups p; the base path reads 1/p of the input channels (even)
     gate_alpha: float = 2.0  # cdg/scdg: slope of the gate sigmoid (CGNet)
     back_razor: Optional[float] = None  # RHO in (0, 1): every conv keeps only the largest 1-RHO of its input for grad-weight (CNNs, any framework)
@@ -99,6 +101,12 @@ class TrainConfig:
             raise ValueError(f"--keep-rate must be in (0, 1], got {self.keep_rate}")
         for name in ("model_args", "framework_args"):
             _json_object(getattr(self, name), "--" + name.replace("_", "-"))
+        if self.gate_anneal_alpha is not None and self.gate_anneal_final is not None:
+            raise ValueError("--gate-anneal-alpha and --gate-anneal-final are exclusive: give the annealing rate "
+                             "per epoch or the p reached at the last step, not both")
+        if self.gating != "dualgate" and (self.gate_anneal_alpha is not None or self.gate_anneal_final is not None):
+            raise ValueError("--gate-anneal-alpha / --gate-anneal-final anneal dual gating's bound loss; "
+                             "add --gating dualgate or drop them")
         settings = self.pruning  # validates the pruning settings now, before anything is built
         if isinstance(settings, GatingSettings):
             check_gating_fit(settings, self.framework)
@@ -131,8 +139,9 @@ class TrainConfig:
                                         search_window=self.search_window, keep_rate=self.keep_rate,
                                         prune_layers=tuple(self.prune_layers))
         if self.gating == "dualgate":
+            alpha = {} if self.gate_anneal_alpha is None else {"anneal_alpha": self.gate_anneal_alpha}
             return DualGateSettings(target=self.gate_target, budget_weight=self.gate_budget_weight,
-                                    bound_weight=self.gate_bound_weight)
+                                    bound_weight=self.gate_bound_weight, anneal_final=self.gate_anneal_final, **alpha)
         if self.gating in ("cdg", "scdg"):
             return CDGSettings(method=self.gating, gate_groups=self.gate_groups, alpha=self.gate_alpha)
         if self.back_razor is not None:
