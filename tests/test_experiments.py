@@ -67,6 +67,8 @@ def test_a_folder_of_another_command_is_refused_and_the_same_command_reused(tmp_
     cmd = runner.command(task)
     task.out.mkdir(parents=True)
     (task.out / "harness.json").write_text(json.dumps({"command": cmd, "launcher": [sys.executable]}))
+    assert runner.check_folder(task, cmd) == "new"  # killed before its first checkpoint: started again
+    (task.out / "checkpoint-15").mkdir()
     assert runner.check_folder(task, cmd) == "resume"  # started, not finished: continued with --resume
     (task.out / "summary.json").write_text("{}")
     assert runner.check_folder(task, cmd) == "done"

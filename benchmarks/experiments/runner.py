@@ -73,7 +73,7 @@ class Runner:
     def command(self, task: Task) -> List[str]:
         script = str(REPO / "training" / f"{task.arm.script}.py")
         cmd = [*self.launcher, script, *self.table.common[self.scale], "--dataset", self.dataset,
-               *task.arm.flags, *self.extra, "--seed", str(task.seed), "--output-dir", str(task.out)]
+               *task.arm.flags, *task.arm.scale_flags.get(self.scale, ()), *self.extra, "--seed", str(task.seed), "--output-dir", str(task.out)]
         if task.arm.equal_flops_to:
             source = read_json(self.tasks[(task.arm.equal_flops_to, task.seed)].out / SUMMARY_FILE)
             dense = read_json(self.tasks[(baseline_of(self.table, task.arm), task.seed)].out / SUMMARY_FILE)
@@ -102,7 +102,9 @@ class Runner:
                              f"another --runs-dir")
         if (task.out / SUMMARY_FILE).is_file():
             return "done"
-        return "resume" if recorded is not None else "new"
+        # killed before its first checkpoint: the trainer refuses --resume there, and starting again is exact
+        started = recorded is not None and any(p.name.startswith("checkpoint-") for p in task.out.iterdir())
+        return "resume" if started else "new"
 
     # ---------------------------------------------------------------------------------------- scheduling
     def _env(self) -> dict:
@@ -125,6 +127,8 @@ class Runner:
             return
         if state == "new":
             task.out.mkdir(parents=True, exist_ok=True)
+            for stale in ("metrics.jsonl", "run_config.json"):  # a start killed before its first checkpoint
+                (task.out / stale).unlink(missing_ok=True)
             (task.out / HARNESS_FILE).write_text(json.dumps({"command": cmd, "launcher": self.launcher,
                                                              "threads": self.threads}, indent=2))
         else:
