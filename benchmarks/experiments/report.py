@@ -135,10 +135,11 @@ def markdown(table: Table, found, seeds, command: str, scale: str) -> str:
 def _extra_rows(table: Table, found) -> List[str]:
     """Rows some tables need besides the main one: random init, a dual-gate run's dense sub-network."""
     out = []
-    rand = [r["random_knn"] for rows in found.values() for r in rows.values() if r.get("random_knn") is not None]
-    if rand:
-        out.append(f"Random-init encoder, same kNN: {fmt_mean_sd(rand)} % ({len(rand)} measurements, one per dense "
-                   "run's seed).")
+    by_seed = {seed: r["random_knn"] for rows in found.values() for seed, r in rows.items()
+               if r.get("random_knn") is not None}  # the same architecture and seed: the same init
+    if by_seed:
+        out.append(f"Random-init encoder, same kNN: {fmt_mean_sd(list(by_seed.values()))} % (seeds "
+                   f"{', '.join(map(str, sorted(by_seed)))}; `--knn-random-init`, weights drawn with the run's seed).")
     for arm in table.arms:
         rows = found.get(arm.name, {})
         sub = [r["dense_sub_knn"] for r in rows.values() if r.get("dense_sub_knn") is not None]
