@@ -223,14 +223,18 @@ def _paint_blocks(top_left: torch.Tensor, keep: torch.Tensor, block: int, size: 
     return count[:, :h, :w] > 0
 
 
-def _runs(x: torch.Tensor, block: int) -> torch.Tensor:
-    """(B, C, H, W) view as overlapping runs of ``block * C`` values of its channels-last flattening.
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> contiguous (B, H, W, C); free when ``x`` is channels-last in memory (``match_pixels``)."""
+    return x.permute(0, 2, 3, 1).contiguous()
 
-    One block row is one run, so a block is ``block`` rows of this view. The channels-last copy is
-    free when ``x`` is already channels-last in memory (``plan_pair`` hands pixels that way).
+
+def _runs(xcl: torch.Tensor, block: int) -> torch.Tensor:
+    """Contiguous (B, H, W, C) view as overlapping runs of ``block * C`` values of its flattening.
+
+    One block row is one run, so a block is ``block`` rows of this view.
     """
-    flat = x.permute(0, 2, 3, 1).contiguous().reshape(-1)
-    run = block * x.shape[1]
+    flat = xcl.reshape(-1)
+    run = block * xcl.shape[-1]
     return flat.as_strided((flat.numel() - run + 1, run), (1, 1))
 
 
@@ -257,17 +261,17 @@ class _PairPSNR:
         images = torch.arange(batch, device=device)[:, None]                                   # (B, 1)
         # Tiles in (row, column, channel) order. A mirrored image compares its tiles read right to left
         # (a flip mirrors content, module doc): those come from its flipped copy, at column W - block - x.
-        tiles = self._gather(_runs(x1, block), x1.shape, images, src_yx[None, :, 0], src_yx[None, :, 1])
+        x1c = _channels_last(x1)
+        left = src_yx[None, :, 1].expand(batch, -1)
         if bool(mirror.any()):
-            flipped = mirror.nonzero().squeeze(1)
-            left = x1.shape[-1] - block - src_yx[None, :, 1]
-            tiles[flipped] = self._gather(_runs(x1.index_select(0, flipped).flip(-1), block), x1.shape,
-                                          torch.arange(flipped.numel(), device=device)[:, None],
-                                          src_yx[None, :, 0], left)
+            # flipped along W in the channels-last layout; the tile at column x starts at W - block - x
+            x1c = torch.where(mirror.view(batch, 1, 1, 1), x1c.flip(2), x1c)
+            left = torch.where(mirror[:, None], x1.shape[-1] - block - left, left)
+        tiles = self._gather(_runs(x1c, block), x1.shape, images, src_yx[None, :, 0], left)
         self.tiles = tiles.view(batch * nb, -1)                            # (N, block*block*C)
         self.h2, self.w2 = x2.shape[-2:]
         self.shape2 = x2.shape
-        self.runs = _runs(x2, block)
+        self.runs = _runs(_channels_last(x2), block)
         self.lo, self.hi = lo.reshape(-1, 2), hi.reshape(-1, 2)           # (N, 2) lattice bounds
         extent = (self.hi - self.lo + 1).amax(dim=0)                      # lattice window (Ly, Lx)
         self.ly, self.lx = int(extent[0]), int(extent[1])
