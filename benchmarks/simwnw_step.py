@@ -126,12 +126,14 @@ def main(argv=None):
     p.add_argument("--force-removal", default="", help="comma-separated input removal levels, e.g. 0.3,0.5,0.7 "
                                                        "(real block-matching masks are always measured)")
     p.add_argument("--psnr-threshold", type=float, default=20.0)
+    p.add_argument("--max-rings", type=int, default=None, help="waxing rings (default: SimWnWSettings' 2; 0 = no waxing)")
     p.add_argument("--out", default=None, help="append a markdown table here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = timm.create_model(args.model, num_classes=0).train()
-    model.configure_pair_pruning(SimWnWSettings(psnr_threshold=args.psnr_threshold))
+    rings = {} if args.max_rings is None else {"max_rings": args.max_rings}
+    model.configure_pair_pruning(SimWnWSettings(psnr_threshold=args.psnr_threshold, **rings))
     cfg = model.pretrained_cfg
     batch = make_batch(args.source, args.batch, args.size, cfg["mean"], cfg["std"], seed=0)
     executors = [e for e in args.executors.split(",") if e]
@@ -144,7 +146,8 @@ def main(argv=None):
             ratios = [t / d for t, d in zip(ts, res["times"]["dense"])]  # per repeat: interleaved neighbours
             cpu_ratios = [t / d for t, d in zip(res["cpu"][name], res["cpu"]["dense"])]
             lines.append(f"| {args.model} {args.size}px b{args.batch} | {args.threads} | "
-                         f"{f'real ({args.psnr_threshold:g} dB)' if force is None else f'forced {force:.0%}'} | {res['removal']:.3f} | {name} | "
+                         f"{f'real ({args.psnr_threshold:g} dB)' if force is None else f'forced {force:.0%}'}"
+                         f"{'' if args.max_rings is None else f', {args.max_rings} rings'} | {res['removal']:.3f} | {name} | "
                          f"{statistics.median(ts):.2f} s ({min(ts):.2f}-{max(ts):.2f}) | "
                          f"**{statistics.median(ratios):.3f}** ({min(ratios):.2f}-{max(ratios):.2f}) | "
                          f"{statistics.median(cpu_ratios):.3f} ({min(cpu_ratios):.2f}-{max(cpu_ratios):.2f}) | "

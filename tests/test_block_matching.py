@@ -248,3 +248,89 @@ def test_bad_input_errors():
         match_blocks(x1[..., :30, :30], x2[..., :30, :30], g1, g2)
     with pytest.raises(ValueError, match="NaN"):
         match_blocks(x1 * float("nan"), x2, g1, g2)
+
+
+# --- fast matcher vs the reference (simwnw_hf.simwnw.matching_reference): bit-identical results ----------
+
+def _assert_same_match(fast, ref):
+    assert torch.equal(fast.src_yx, ref.src_yx) and torch.equal(fast.match_yx, ref.match_yx)
+    assert torch.equal(fast.psnr, ref.psnr) and torch.equal(fast.similar, ref.similar)
+    assert torch.equal(fast.mask1, ref.mask1) and torch.equal(fast.mask2, ref.mask2)
+    assert fast.psnr_evaluations == ref.psnr_evaluations and fast.removal_ratio == ref.removal_ratio
+
+
+@pytest.mark.parametrize("size,kwargs", [
+    (32, {}),                                                   # block 5, overlapping last block
+    (48, dict(block_size=7, search_window=17)),                 # odd window
+    (64, dict(block_size=16, search_step=16)),                  # ViT patch lattice
+    (40, dict(block_size=6, method="exhaustive")),
+    (33, dict(block_size=4, psnr_threshold=12.0)),              # odd size, many similar blocks
+])
+def test_fast_matcher_equals_reference_on_random_views(size, kwargs):
+    from simwnw_hf.simwnw.matching_reference import match_blocks_reference
+
+    for seed in range(3):
+        x1, x2, g1, g2 = _pair_batch(batch=5, size=size, seed=seed)
+        _assert_same_match(match_blocks(x1, x2, g1, g2, **kwargs), match_blocks_reference(x1, x2, g1, g2, **kwargs))
+    # uniform noise: rugged PSNR landscape, long diamond walks and both flip cases
+    g = torch.Generator().manual_seed(7)
+    source = torch.rand(4, 3, 2 * size, 2 * size, generator=g)
+    x1, x2, g1, g2 = _crop_pair(source, [(3, 4), (0, 0), (size // 2, 1), (5, size // 3)],
+                                [(6, 1), (2, 3), (size // 2 - 3, 4), (1, size // 3 + 2)], size,
+                                flips2=[True, False, True, True])
+    _assert_same_match(match_blocks(x1, x2, g1, g2, **kwargs), match_blocks_reference(x1, x2, g1, g2, **kwargs))
+
+
+def _real_pairs(path, size, batch):
+    from torch.utils.data import default_collate
+    from simwnw_hf.data.datasets import load_image_dataset
+    from simwnw_hf.data.views import TwoViewTransform, denormalize
+
+    data = load_image_dataset(str(path))
+    t = TwoViewTransform(size)
+    gen = torch.Generator().manual_seed(0)
+    b = default_collate([t(data.get_image(i), gen) for i in range(batch)])
+    (v1, v2), (g1, g2) = b["views"], b["geometry"]
+    return denormalize(v1, t.mean, t.std), denormalize(v2, t.mean, t.std), g1, g2
+
+
+@pytest.mark.parametrize("name,size,batch,kwargs", [
+    ("cifar10/test.parquet", 32, 32, {}),
+    ("imagenet-sample/dev.parquet", 224, 2, {}),
+    ("imagenet-sample/dev.parquet", 224, 2, dict(block_size=16, search_step=16)),
+])
+def test_fast_matcher_equals_reference_on_real_images(name, size, batch, kwargs):
+    from conftest import SHARED_DATA
+    from simwnw_hf.simwnw.matching_reference import match_blocks_reference
+
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} is not available (shared data absent)")
+    x1, x2, g1, g2 = _real_pairs(path, size, batch)
+    fast, ref = match_blocks(x1, x2, g1, g2, **kwargs), match_blocks_reference(x1, x2, g1, g2, **kwargs)
+    assert ref.similar.any()
+    _assert_same_match(fast, ref)
+
+
+def test_mask_painting_equals_per_pixel_reference():
+    from simwnw_hf.simwnw.block_matching import _paint_blocks
+    from simwnw_hf.simwnw.matching_reference import _paint_blocks as paint_reference
+
+    g = torch.Generator().manual_seed(3)
+    for h, w, block in [(32, 32, 5), (31, 45, 7), (16, 16, 16)]:
+        top = torch.stack([torch.randint(0, h - block + 1, (3, 20), generator=g),
+                           torch.randint(0, w - block + 1, (3, 20), generator=g)], dim=-1)
+        keep = torch.rand(3, 20, generator=g) < 0.5
+        assert torch.equal(_paint_blocks(top, keep, block, (h, w)), paint_reference(top, keep, block, (h, w)))
+
+
+def test_match_pixels_are_denormalized_views_laid_out_channels_last():
+    from simwnw_hf.simwnw import denormalize, match_pixels
+
+    x = torch.randn(3, 3, 17, 22, generator=torch.Generator().manual_seed(0))
+    mean, std = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
+    out = match_pixels(x, mean, std)
+    assert torch.equal(out, denormalize(x, mean, std))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        match_pixels(x[0], mean, std)

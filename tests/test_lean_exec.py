@@ -191,3 +191,27 @@ def test_select_executor_and_refusals():
     x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
     with pytest.raises(ValueError, match="gradient checkpointing"):
         lean_forward_features(model, [x], [torch.zeros(1, 8, 8, dtype=torch.bool)])
+
+
+def test_wax_compact_keeps_masks_compact_exactly_when_channels_agree():
+    """Agreement is decided from the ring additions: identical channels -> (B, 1, H, W) masks, equal to wax."""
+    b, c, h, w, blk = 2, 5, 12, 12, 4
+    src, match, similar = _matched(b, 24, 24, 8, seed=7)
+    corr = block_correspondence(src, match, similar, 8, (24, 24), (h, w))
+    r1 = _paint(src.expand(b, -1, -1) // 2, similar, blk, h, w)[:, None]
+    r2 = _paint(match // 2, similar, blk, h, w)[:, None]
+    g = torch.Generator().manual_seed(8)
+    base = torch.randn(b, 1, h, w, generator=g)
+    cases = {"agree": (base.expand(b, c, h, w).clone(), (base + 0.05 * torch.randn(b, 1, h, w, generator=g)).expand(b, c, h, w).clone()),
+             "differ": (torch.randn(b, c, h, w, generator=g), None)}
+    cases["differ"] = (cases["differ"][0], cases["differ"][0] + 0.4 * torch.randn(b, c, h, w, generator=g) * torch.rand(1, c, 1, 1, generator=g))
+    for name, (h1, h2) in cases.items():
+        ref = wax(h1, h2, r1, r2, corr, 15.0, 2)
+        lean = wax_compact(h1, h2, r1, r2, corr, 15.0, 2)
+        assert torch.equal(_full(lean.removed1, c), ref.removed1) and torch.equal(_full(lean.removed2, c), ref.removed2)
+        grew = bool((ref.removed1 != r1.expand_as(ref.removed1)).any())
+        assert grew, name
+        agree1 = bool((ref.removed1 == ref.removed1[:, :1]).all())
+        assert (lean.removed1.shape[1] == 1) == agree1, name
+        if name == "agree":
+            assert lean.removed1.shape[1] == 1 and lean.removed2.shape[1] == 1

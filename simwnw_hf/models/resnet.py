@@ -23,9 +23,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from simwnw_hf.data.views import denormalize
 from simwnw_hf.pruning import PairPlan, PairStats, SimWnWSettings, accepted_settings, model_name
-from simwnw_hf.simwnw.block_matching import match_blocks
+from simwnw_hf.simwnw.block_matching import match_blocks, match_pixels
 from simwnw_hf.simwnw.flops import trace_flops
 from simwnw_hf.simwnw.masks import pair_expander
 
@@ -96,7 +95,7 @@ class SimWnWResNet(ResNet):
         mean, std = cfg.get("mean", IMAGENET_DEFAULT_MEAN), cfg.get("std", IMAGENET_DEFAULT_STD)
         if len(mean) != x.shape[1]:
             raise ValueError(f"pretrained_cfg mean has {len(mean)} channels, the views have {x.shape[1]}")
-        return denormalize(x, mean, std)
+        return match_pixels(x, mean, std)   # denormalize's values, laid out as the matcher reads them
 
     def plan_pair(self, x1: torch.Tensor, x2: torch.Tensor, g1, g2, **overrides) -> PairPlan:
         """Block-match the two views (paper §4.1) with :attr:`pair_settings` (``overrides`` replace fields).

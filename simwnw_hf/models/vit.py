@@ -22,8 +22,8 @@ from timm.models._manipulate import checkpoint
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from simwnw_hf.data.geometry import Geometry
-from simwnw_hf.data.views import denormalize
 from simwnw_hf.pruning import PairPlan, PairStats, TokenPruningSettings, accepted_settings, model_name
+from simwnw_hf.simwnw.block_matching import match_pixels
 from simwnw_hf.tokens import PairTokenPruner, TokenGroup, build_pair_pruner, vit_flops
 
 from .weights import require_weight_source
@@ -73,7 +73,7 @@ class SimWnWVisionTransformer(VisionTransformer):
         if cfg.get("mean") is None or cfg.get("std") is None:
             raise ValueError("SimWnW token removal needs pretrained_cfg mean/std to recover [0, 1] pixels; "
                              "create the model with timm.create_model")
-        return denormalize(x.detach(), cfg["mean"], cfg["std"])
+        return match_pixels(x.detach(), cfg["mean"], cfg["std"])   # denormalize's values, channels-last
 
     def _block(self, block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():

@@ -10,6 +10,7 @@ from .block_matching import (  # noqa: F401
     default_block_size,
     exhaustive_match,
     match_blocks,
+    match_pixels,
     psnr,
     psnr_flops,
     removal_masks,

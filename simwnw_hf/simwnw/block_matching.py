@@ -11,8 +11,20 @@ PSNR on [0, 1] pixels (MAX_I = 1) over all channels; a pair is *similar* when PS
 
 Everything is batched over images and blocks: a search state is one row per (image, block) pair and
 each diamond iteration evaluates the new pattern points of all still-moving rows at once: candidates
-are gathered per pair (padded to the pair with most new points) and compared with the pair's tile by
-broadcasting, so a tile is read once per iteration rather than once per candidate.
+are gathered per pair (rows sorted by their number of new points, chunks padded to their widest row)
+and compared with the pair's tile by broadcasting, so a tile is read once per iteration rather than
+once per candidate.
+
+Reference and exactness: :mod:`simwnw_hf.simwnw.matching_reference` keeps the first implementation as
+the definition. A PSNR here is computed with the same arithmetic (one contiguous row of squared
+differences in (row, column, channel) order summed by ``torch.sum``), so matches, PSNRs, masks and
+evaluation counts are bit-identical (``tests/test_block_matching.py``, random and real images). Why
+not a cheaper formulation: at 224px a (image, displacement) pair is shared by 1.3 blocks on average
+(2.5 at 32px), so whole-image shifted differences with box sums would redo most of the work per
+block; sub-block-sum lower bounds (successive elimination) rule out only 46-78% of the diamond's
+non-winning points at 25% of a PSNR's cost; and expansions (``|a|^2 + |b|^2 - 2ab``, FFT or GEMM
+correlation) change rounding, so they could only drive a certified search with exact re-checks.
+The cost left is the candidate gather plus three elementwise passes over it (memory-bound).
 
 Candidate positions live on a lattice: top-left corners that are multiples of ``search_step`` in view 2
 (``search_step = 1`` for CNNs; ViT token removal uses ``block = search_step = 16`` so matches land on
@@ -39,7 +51,7 @@ from simwnw_hf.data.geometry import Geometry, map_points
 
 __all__ = [
     "BlockMatch", "default_block_size", "psnr", "psnr_flops", "block_grid", "counterpart_top_left",
-    "search_lattice", "match_blocks", "exhaustive_match", "removal_masks",
+    "search_lattice", "match_blocks", "exhaustive_match", "removal_masks", "match_pixels",
 ]
 
 METHODS = ("diamond", "exhaustive")
@@ -61,6 +73,23 @@ def default_block_size(image_size: int) -> int:
         raise ValueError(f"image_size must be at least 2, got {image_size}")
     size = 5.0 + (image_size - 32) * (30.0 - 5.0) / (224.0 - 32.0)
     return max(2, int(math.floor(size + 0.5)))
+
+
+def match_pixels(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Normalised (B, C, H, W) views -> [0, 1] pixels for :func:`match_blocks`, channels-last in memory.
+
+    The same values as ``simwnw_hf.data.views.denormalize`` (one multiply and one add per element),
+    written in the (row, column, channel) order the matcher reads blocks in, so its channels-last
+    copies of both views are free: the layout change rides on the pass that denormalising makes anyway.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"expected (B, C, H, W) views, got shape {tuple(x.shape)}")
+    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device)
+    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device)
+    b, c, h, w = x.shape
+    out = torch.empty(b, h, w, c, dtype=x.dtype, device=x.device)
+    torch.mul(x.permute(0, 2, 3, 1), std_t, out=out)
+    return out.add_(mean_t).permute(0, 3, 1, 2)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, max_val: float = 1.0, dim=(-3, -2, -1)) -> torch.Tensor:
@@ -174,106 +203,157 @@ def removal_masks(src_yx: torch.Tensor, match_yx: torch.Tensor, similar: torch.T
 
 
 def _paint_blocks(top_left: torch.Tensor, keep: torch.Tensor, block: int, size: Tuple[int, int]) -> torch.Tensor:
-    """Union of the ``block x block`` squares at ``top_left`` (B, nb, 2) where ``keep`` (B, nb)."""
+    """Union of the ``block x block`` squares at ``top_left`` (B, nb, 2) where ``keep`` (B, nb).
+
+    Each kept square adds +1/-1 at its four corners of a (H+1, W+1) difference image; two cumulative
+    sums turn that into the number of squares covering each pixel: four writes per block instead of
+    one per covered pixel (the per-pixel scatter-add is the reference, ``matching_reference``).
+    """
     batch, nb, _ = top_left.shape
     h, w = size
-    ar = torch.arange(block, device=top_left.device)
-    rows = top_left[..., 0, None] + ar                                    # (B, nb, block)
-    cols = top_left[..., 1, None] + ar
-    flat = (rows[..., :, None] * w + cols[..., None, :]).reshape(batch, -1)   # (B, nb*block*block)
-    votes = keep[..., None].expand(batch, nb, block * block).reshape(batch, -1).to(torch.int32)
-    count = torch.zeros(batch, h * w, dtype=torch.int32, device=top_left.device)
-    count.scatter_add_(1, flat, votes)
-    return (count > 0).view(batch, h, w)
+    y, x = top_left[..., 0], top_left[..., 1]                            # (B, nb)
+    corners = torch.stack([y * (w + 1) + x, y * (w + 1) + x + block,
+                           (y + block) * (w + 1) + x, (y + block) * (w + 1) + x + block], dim=-1)
+    sign = torch.tensor([1, -1, -1, 1], dtype=torch.int32, device=top_left.device)
+    votes = keep[..., None].to(torch.int32) * sign                       # (B, nb, 4)
+    delta = torch.zeros(batch, (h + 1) * (w + 1), dtype=torch.int32, device=top_left.device)
+    delta.scatter_add_(1, corners.reshape(batch, -1), votes.reshape(batch, -1))
+    # int32 sums (counts stay below H * W blocks): the default int64 cumsum was 7x slower
+    count = delta.view(batch, h + 1, w + 1).cumsum(1, dtype=torch.int32).cumsum(2, dtype=torch.int32)
+    return count[:, :h, :w] > 0
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> contiguous (B, H, W, C); free when ``x`` is channels-last in memory (``match_pixels``)."""
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def _runs(xcl: torch.Tensor, block: int) -> torch.Tensor:
+    """Contiguous (B, H, W, C) view as overlapping runs of ``block * C`` values of its flattening.
+
+    One block row is one run, so a block is ``block`` rows of this view.
+    """
+    flat = xcl.reshape(-1)
+    run = block * xcl.shape[-1]
+    return flat.as_strided((flat.numel() - run + 1, run), (1, 1))
 
 
 class _PairPSNR:
-    """PSNR of view-1 tiles against view-2 candidate blocks, queried by (pair, y, x) lists.
+    """PSNR of view-1 tiles against view-2 candidate blocks, queried as (pair, points) grids.
 
     Rows ("pairs") are (image, block) combinations flattened to ``n = image * nb + block``. Values are
     cached on each pair's window lattice so a point revisited by the diamond search is not recomputed,
     and ``evaluations`` counts exactly the PSNRs computed.
+
+    One PSNR is one contiguous ``block * block * C`` row of squared differences in (row, column,
+    channel) order summed by ``torch.sum``, exactly as in :mod:`~simwnw_hf.simwnw.matching_reference`,
+    so values are bit-identical to the reference; what differs is the bookkeeping around it (see
+    :meth:`_fill`).
     """
 
     def __init__(self, x1: torch.Tensor, x2: torch.Tensor, src_yx: torch.Tensor, block: int,
                  mirror: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, step: int):
-        batch, _, _, _ = x1.shape
+        batch = x1.shape[0]
         nb = src_yx.shape[0]
-        ar = torch.arange(block, device=x1.device)
-        x1c = x1.permute(0, 2, 3, 1)                                      # (B, H1, W1, C) view
-        # src_yx is a row-major product grid (``_grid_2d``): cut all tiles with two index_selects
-        ys, xs = torch.unique(src_yx[:, 0]), torch.unique(src_yx[:, 1])
-        if ys.numel() * xs.numel() != nb:
-            raise ValueError("block top-lefts must form a row-major grid (see _grid_2d)")
-        strip = x1c.index_select(1, (ys[:, None] + ar).reshape(-1)).index_select(2, (xs[:, None] + ar).reshape(-1))
-        tiles = strip.view(batch, ys.numel(), block, xs.numel(), block, -1).permute(0, 1, 3, 2, 4, 5)
-        tiles = tiles.reshape(batch, nb, block, block, -1)                 # (B, nb, block, block, C) copy
+        device = x1.device
+        self.block, self.step, self.nb = block, step, nb
+        self.ar = torch.arange(block, device=device)
+        images = torch.arange(batch, device=device)[:, None]                                   # (B, 1)
+        # Tiles in (row, column, channel) order. A mirrored image compares its tiles read right to left
+        # (a flip mirrors content, module doc): those come from its flipped copy, at column W - block - x.
+        x1c = _channels_last(x1)
+        left = src_yx[None, :, 1].expand(batch, -1)
         if bool(mirror.any()):
-            # mirrored images compare their tiles read right to left (a flip mirrors content, module doc)
-            tiles[mirror] = tiles[mirror].flip(3)
+            # flipped along W in the channels-last layout; the tile at column x starts at W - block - x
+            x1c = torch.where(mirror.view(batch, 1, 1, 1), x1c.flip(2), x1c)
+            left = torch.where(mirror[:, None], x1.shape[-1] - block - left, left)
+        tiles = self._gather(_runs(x1c, block), x1.shape, images, src_yx[None, :, 0], left)
         self.tiles = tiles.view(batch * nb, -1)                            # (N, block*block*C)
-        # View 2 channels-last and flat: one block row of a candidate is a contiguous run of block*C
-        # values, so a candidate is gathered as `block` rows of a sliding-window view (no copy made).
         self.h2, self.w2 = x2.shape[-2:]
-        self.channels = x2.shape[1]
-        flat = x2.permute(0, 2, 3, 1).contiguous().reshape(-1)            # (B*H2*W2*C,)
-        run = block * self.channels
-        self.runs = flat.as_strided((flat.numel() - run + 1, run), (1, 1))  # (starts, block*C)
-        self.nb, self.block, self.step, self.ar = nb, block, step, ar
+        self.shape2 = x2.shape
+        self.runs = _runs(_channels_last(x2), block)
         self.lo, self.hi = lo.reshape(-1, 2), hi.reshape(-1, 2)           # (N, 2) lattice bounds
         extent = (self.hi - self.lo + 1).amax(dim=0)                      # lattice window (Ly, Lx)
         self.ly, self.lx = int(extent[0]), int(extent[1])
         n = self.tiles.shape[0]
         self.cache = torch.full((n * self.ly * self.lx,), float("nan"), dtype=torch.float32, device=x1.device)
         self.evaluations = 0
+        self.buffer: Optional[torch.Tensor] = None
 
-    def _compute(self, n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """PSNR for pairs ``n`` (Q,) at lattice points ``k`` (Q, 2); ``n`` sorted (queries of a pair together).
+    def _buffer(self, numel: int) -> torch.Tensor:
+        """Candidate buffer reused by every chunk of every query (a fresh one per chunk cost ~10%)."""
+        if self.buffer is None or self.buffer.numel() < numel:
+            self.buffer = torch.empty(numel, dtype=self.tiles.dtype, device=self.tiles.device)
+        return self.buffer[:numel].view(-1, self.runs.shape[1])
 
-        Queries are grouped per pair and padded to the largest group, so each pair's tile is gathered
-        once per group and broadcast against its candidates (gathering a tile copy per query was a
-        third of the matcher's memory traffic at 224px). Differences stay exact (no ``|a|^2 + |b|^2 -
-        2ab`` expansion), so identical blocks keep MSE 0 and PSNR +inf. Padding slots point at a
-        valid block and are discarded.
+    def _starts(self, shape, image: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+        """Flat starts (..., block) of the block rows at ``(top, left)`` (...) of images ``image``."""
+        _, channels, height, width = shape
+        rows = (image * height + top)[..., None] + self.ar
+        return (rows * width + left[..., None]) * channels
+
+    def _gather(self, runs: torch.Tensor, shape, image, top, left) -> torch.Tensor:
+        """Blocks (..., block * block * C) in (row, column, channel) order, copied out of ``runs``."""
+        starts = self._starts(shape, image, top, left)
+        return runs.index_select(0, starts.reshape(-1)).view(*starts.shape[:-1], -1)
+
+    def _fill(self, rows: torch.Tensor, points: torch.Tensor, need: torch.Tensor, slot: torch.Tensor) -> None:
+        """Compute and cache the PSNRs of ``points`` (A, P, 2) of pairs ``rows`` (A,) where ``need`` (A, P).
+
+        Each pair's new points are moved to the front of its row (one stable sort of the mask), rows
+        are sorted by how many new points they have, and chunks are as wide as their widest row, so
+        padding is small; a pair's tile is gathered once per chunk and broadcast against its
+        candidates. Padding slots repeat the pair's first new point and so write the same value to
+        the same cache slot. Differences stay exact (no ``|a|^2 + |b|^2 - 2ab`` expansion), so
+        identical blocks keep MSE 0 and PSNR +inf.
         """
-        pairs, counts = torch.unique_consecutive(n, return_counts=True)
-        width = int(counts.max())
-        group = torch.repeat_interleave(torch.arange(pairs.numel(), device=n.device), counts)
-        slot = torch.arange(n.shape[0], device=n.device) - (torch.cumsum(counts, 0) - counts)[group]
-        kk = k * self.step
-        rows = (n // self.nb)[:, None] * self.h2 + kk[:, 0, None] + self.ar      # (Q, block) rows of the stacked batch
-        starts = torch.zeros(pairs.numel(), width, self.block, dtype=torch.long, device=n.device)
-        starts[group, slot] = (rows * self.w2 + kk[:, 1, None]) * self.channels   # flat start of each block row
-        per_query = self.tiles.shape[1]
-        ssd = torch.empty(pairs.numel(), width, dtype=torch.float32, device=n.device)
-        chunk = max(1, _GATHER_BUDGET.get(n.device.type, _GATHER_BUDGET_DEFAULT) // (per_query * width))
-        for s in range(0, pairs.numel(), chunk):
-            cand = self.runs.index_select(0, starts[s:s + chunk].reshape(-1)).view(-1, width, per_query)
-            tile = self.tiles.index_select(0, pairs[s:s + chunk]).unsqueeze(1)     # (a, 1, block*block*C)
-            ssd[s:s + chunk] = cand.sub_(tile).square_().sum(dim=2)
-        mse = ssd.view(-1).index_select(0, group * width + slot) / per_query
-        return 10.0 * torch.log10(1.0 / mse)                                  # PSNR, MAX_I = 1
+        counts = need.sum(dim=1)
+        todo = counts.nonzero().squeeze(1)
+        counts = counts.index_select(0, todo)
+        order = torch.argsort(counts, descending=True, stable=True)
+        todo, counts = todo.index_select(0, order), counts.index_select(0, order)
+        cols = torch.argsort((~need.index_select(0, todo)).to(torch.int8), dim=1, stable=True)   # new first
+        pts = points.index_select(0, todo).gather(1, cols[..., None].expand(-1, -1, 2))          # (A', P, 2)
+        slots = slot.index_select(0, todo).gather(1, cols)                                       # (A', P)
+        pairs = rows.index_select(0, todo)
+        # padding slots repeat the pair's first new point (a valid block; same value, same cache slot)
+        valid = torch.arange(pts.shape[1], device=pairs.device) < counts[:, None]              # (A', P)
+        pts = torch.where(valid[..., None], pts, pts[:, :1]) * self.step
+        slots = torch.where(valid, slots, slots[:, :1])
+        starts = self._starts(self.shape2, (pairs // self.nb)[:, None], pts[..., 0], pts[..., 1])   # (A', P, block)
+        tiles = self.tiles
+        per_query = tiles.shape[1]
+        budget = _GATHER_BUDGET.get(pairs.device.type, _GATHER_BUDGET_DEFAULT)
+        widths = counts.tolist()
+        ssds, writes = [], []
+        s = 0
+        while s < len(widths):       # only the kernels inside the loop: index arithmetic is done above
+            width = widths[s]
+            e = min(len(widths), s + max(1, budget // (per_query * width)))
+            index = starts[s:e, :width].reshape(-1)
+            cand = torch.index_select(self.runs, 0, index, out=self._buffer(index.numel() * self.runs.shape[1]))
+            cand = cand.view(e - s, width, per_query)
+            ssds.append(cand.sub_(tiles.index_select(0, pairs[s:e]).unsqueeze(1)).square_().sum(dim=2).view(-1))
+            writes.append(slots[s:e, :width].reshape(-1))
+            s = e
+        ssd = torch.cat(ssds)
+        self.cache.index_put_((torch.cat(writes),), 10.0 * torch.log10(1.0 / (ssd / per_query)))   # PSNR, MAX_I = 1
+        self.evaluations += int(counts.sum())
 
-    def __call__(self, n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """PSNR of pairs ``n`` (...) at lattice points ``k`` (..., 2); ``-inf`` outside the window."""
-        shape = n.shape
-        n, k = n.reshape(-1), k.reshape(-1, 2)
-        lo, hi = self.lo.index_select(0, n), self.hi.index_select(0, n)
-        inside = ((k >= lo) & (k <= hi)).all(dim=1)
-        rel = (k - lo).clamp_min(0)
-        slot = (n * self.ly + rel[:, 0].clamp_max(self.ly - 1)) * self.lx + rel[:, 1].clamp_max(self.lx - 1)
-        value = self.cache.index_select(0, slot)
+    def __call__(self, rows: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """PSNR (A, P) of pairs ``rows`` (A,) at lattice points ``points`` (A, P, 2); ``-inf`` outside the window."""
+        lo, hi = self.lo.index_select(0, rows)[:, None], self.hi.index_select(0, rows)[:, None]
+        inside = ((points >= lo) & (points <= hi)).all(dim=2)
+        rel = points - lo
+        slot = (rows[:, None] * self.ly + rel[..., 0].clamp(0, self.ly - 1)) * self.lx + rel[..., 1].clamp(0, self.lx - 1)
+        value = self.cache.index_select(0, slot.reshape(-1)).view(slot.shape)
         need = inside & torch.isnan(value)
-        if need.any():
-            # Slots are distinct: a slot encodes its pair, every query batch holds each pair once with
-            # distinct points (a diamond, a window), and points outside the window are never computed.
-            idx = need.nonzero().squeeze(1)
-            new = self._compute(n[idx], k[idx])
-            self.cache[slot[idx]] = new
-            value[idx] = new
-            self.evaluations += int(idx.numel())
-        value = value.masked_fill_(~inside, -math.inf)
-        return value.view(shape)
+        if bool(need.any()):
+            # Slots of needed points are distinct: a slot encodes its pair, a query holds each pair
+            # once with distinct points (a diamond, a window), points outside the window never count.
+            self._fill(rows, points, need, slot)
+            value = self.cache.index_select(0, slot.reshape(-1)).view(slot.shape)
+        return value.masked_fill_(~inside, -math.inf)
 
 
 def _diamond_search(score: _PairPSNR, start: torch.Tensor, max_moves: int) -> torch.Tensor:
@@ -291,16 +371,14 @@ def _diamond_search(score: _PairPSNR, start: torch.Tensor, max_moves: int) -> to
     for _ in range(max_moves):
         if active.numel() == 0:
             break
-        points = centre[active, None, :] + large                          # (A, 9, 2)
-        values = score(active[:, None].expand(-1, large.shape[0]), points)  # (A, 9)
-        best = values.argmax(dim=1)                                       # first max: centre on ties
-        moved = best != 0
-        centre[active] = points[torch.arange(active.numel(), device=device), best]
-        active = active[moved]
+        points = centre.index_select(0, active)[:, None, :] + large      # (A, 9, 2)
+        best = score(active, points).argmax(dim=1)                        # first max: centre on ties
+        moved = (best != 0).nonzero().squeeze(1)
+        active = active.index_select(0, moved)
+        centre[active] = points[moved, best.index_select(0, moved)]
     rows = torch.arange(n_pairs, device=device)
     points = centre[:, None, :] + small                                   # (N, 5, 2)
-    values = score(rows[:, None].expand(-1, small.shape[0]), points)
-    return points[rows, values.argmax(dim=1)]
+    return points[rows, score(rows, points).argmax(dim=1)]
 
 
 def _exhaustive_search(score: _PairPSNR) -> torch.Tensor:
@@ -311,8 +389,7 @@ def _exhaustive_search(score: _PairPSNR) -> torch.Tensor:
     offsets = torch.stack([oy, ox], dim=-1).reshape(-1, 2)                # (L, 2)
     points = score.lo[:, None, :] + offsets                              # (N, L, 2)
     rows = torch.arange(n_pairs, device=device)
-    values = score(rows[:, None].expand(-1, offsets.shape[0]), points)    # (N, L)
-    return points[rows, values.argmax(dim=1)]
+    return points[rows, score(rows, points).argmax(dim=1)]
 
 
 def _check_views(x1, x2):
@@ -384,7 +461,7 @@ def match_blocks(x1: torch.Tensor, x2: torch.Tensor, g1: Geometry, g2: Geometry,
     else:
         best = _exhaustive_search(score)
     n_pairs = best.shape[0]
-    best_psnr = score(torch.arange(n_pairs, device=device), best)        # cached: no new evaluation
+    best_psnr = score(torch.arange(n_pairs, device=device), best[:, None])[:, 0]   # cached: no new evaluation
     nb = src_yx.shape[0]
     match_yx = (best * search_step).view(batch, nb, 2)
     best_psnr = best_psnr.view(batch, nb)

@@ -198,8 +198,25 @@ def wax_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, remo
         flops = PSNR_PAIR_FLOPS * compared + peak_flops
         if not bool(add.any()):
             return WaxResult(removed1, removed2, compared, flops)
-        new1 = r1 | torch.zeros(bsz, ch, h * w, dtype=torch.bool, device=h1.device).scatter_(2, pos_c, add)
-        # the same ring pixels at their counterparts in view 2 (two pixels may share one counterpart)
-        new2 = r2 | torch.zeros(bsz, ch, h * w, dtype=torch.uint8, device=h1.device).scatter_reduce_(
-            2, tgt_c, add.to(torch.uint8), reduce="amax").bool()
-    return WaxResult(compact_mask(new1.view(bsz, ch, h, w)), compact_mask(new2.view(bsz, ch, h, w)), compared, flops)
+        # Channel agreement is decided on the additions (B, C, ring pixels), not on full masks: ring
+        # pixels are kept pixels, so a compact mask grown by additions that differ across channels
+        # differs across channels, and one grown by additions that agree stays compact.
+        same = bool((add == add[:, :1]).all())
+        one = add[:, :1]
+        if same and c1 == 1:
+            m1 = (r1 | torch.zeros(bsz, 1, h * w, dtype=torch.bool, device=h1.device).scatter_(2, pos[:, None], one))
+            m1 = m1.view(bsz, 1, h, w)
+        else:
+            new1 = r1 | torch.zeros(bsz, ch, h * w, dtype=torch.bool, device=h1.device).scatter_(2, pos_c, add)
+            m1 = new1.view(bsz, ch, h, w) if c1 == 1 else compact_mask(new1.view(bsz, ch, h, w))
+        # the same ring pixels at their counterparts in view 2 (two pixels may share one counterpart; a
+        # counterpart may be removed already, so disagreeing additions can still give agreeing masks)
+        if same and c2 == 1:
+            m2 = r2 | torch.zeros(bsz, 1, h * w, dtype=torch.uint8, device=h1.device).scatter_reduce_(
+                2, tgt[:, None], one.to(torch.uint8), reduce="amax").bool()
+            m2 = m2.view(bsz, 1, h, w)
+        else:
+            new2 = r2 | torch.zeros(bsz, ch, h * w, dtype=torch.uint8, device=h1.device).scatter_reduce_(
+                2, tgt_c, add.to(torch.uint8), reduce="amax").bool()
+            m2 = compact_mask(new2.view(bsz, ch, h, w))
+    return WaxResult(m1, m2, compared, flops)
