@@ -85,7 +85,7 @@ def markdown(table: Table, found, seeds, command: str, scale: str) -> str:
     first = next((r for rows in found.values() for r in rows.values()), {})
     lines = [f"# {table.title}", "",
              f"Made by `{command}` on {time.strftime('%Y-%m-%d')}, {first.get('hardware', '?')} "
-             f"({platform.processor() or platform.machine()}), commit {str(first.get('git_commit', '?'))[:7]}, "
+             f"({platform.node() or 'this machine'}), commit {str(first.get('git_commit', '?'))[:7]} (first run), "
              f"scale `{scale}`, seeds {', '.join(map(str, seeds))}.", ""]
     if first:
         lines += ["Baseline command (seed 0 or the first seed found; the other arms add their method flags):", "",
@@ -153,8 +153,14 @@ def _extra_rows(table: Table, found) -> List[str]:
 
 
 def _strip_python(cmd: List[str]) -> List[str]:
-    repo = str(Path(__file__).resolve().parents[2]) + "/"
-    out = [a.replace(repo, "") for a in cmd]
+    """The command as a user types it in the repository root: no interpreter path, no checkout prefix."""
+    def relative(arg: str) -> str:
+        for part in ("/training/", "/runs/", "/benchmarks/"):
+            if arg.startswith("/") and part in arg:
+                return arg[arg.index(part) + 1:]
+        return arg
+
+    out = [relative(a) for a in cmd]
     return ["python", *out[1:]] if out and out[0].endswith(("python", "python3")) else out
 
 
