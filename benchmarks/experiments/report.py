@@ -61,15 +61,17 @@ def collect(table: Table, runs_dir: Path, seeds) -> Dict[str, Dict[int, dict]]:
 
 
 def _curve(conv: Optional[dict], lines: List[dict], random_knn: Optional[float]):
-    """``[(step, cumulative FLOPs, cumulative train time, kNN)]``, starting at random init when known."""
+    """``[(step, cumulative FLOPs, cumulative training-step CPU time, kNN)]``, from random init when known.
+
+    CPU time, not wall time: on a shared machine the wall time of one run depends on what else ran."""
     if not conv:
         return None
     by_step = {l["step"]: l for l in lines}
     points = [(0, 0.0, 0.0, random_knn)] if random_knn is not None else []
     for step, top1 in sorted((int(k), v) for k, v in conv.items()):
         line = by_step.get(step)
-        if line is not None and "train_time_s" in line:
-            points.append((step, line["train_flops"], line["train_time_s"], top1))
+        if line is not None and "train_cpu_s" in line:
+            points.append((step, line["train_flops"], line["train_cpu_s"], top1))
     return points
 
 
@@ -172,7 +174,7 @@ def _quote(arg: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ plots
 def plot_cost(table: Table, found, path: Path) -> Optional[Path]:
-    """kNN top-1 against training FLOPs and against training time, one marker per arm (mean ± sd)."""
+    """kNN top-1 against training FLOPs and against training-step CPU time, one marker per arm (mean ± sd)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -184,14 +186,14 @@ def plot_cost(table: Table, found, path: Path) -> Optional[Path]:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for arm in arms:
         rows = found[arm.name]
-        for ax, key, scale in ((axes[0], "train_flops", 1e12), (axes[1], "time_s", 60.0)):
+        for ax, key, scale in ((axes[0], "train_flops", 1e12), (axes[1], "cpu_s", 60.0)):
             xs = [r[key] / scale for r in rows.values()]
             ys = [r["knn"] for r in rows.values()]
             (mx, sx), (my, sy) = mean_sd(xs), mean_sd(ys)
             ax.errorbar(mx, my, xerr=sx, yerr=sy, fmt="o", capsize=3, label=arm.label)
             ax.scatter(xs, ys, s=8, alpha=0.35, color=ax.lines[-1].get_color() if ax.lines else None)
     axes[0].set_xlabel("training FLOPs (TFLOP, forward + backward)")
-    axes[1].set_xlabel("training-step wall time (min, this machine)")
+    axes[1].set_xlabel("training-step CPU time (min, 1 thread, this machine)")
     axes[0].set_ylabel("kNN top-1 (%)")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -226,7 +228,7 @@ def plot_convergence(table: Table, found, path: Path) -> Optional[Path]:
             ax.plot(x, y, marker="o", label=f"{arm.label} ({len(pts)} seeds)")
             ax.fill_between(x, y - s, y + s, alpha=0.2)
     axes[0].set_xlabel("cumulative training FLOPs (TFLOP)")
-    axes[1].set_xlabel("cumulative training-step wall time (min)")
+    axes[1].set_xlabel("cumulative training-step CPU time (min, 1 thread)")
     axes[0].set_ylabel("kNN top-1 (%)")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -253,7 +255,7 @@ def convergence_markdown(table: Table, found) -> str:
     if not rows:
         return ""
     return "\n".join(["", "## Convergence (kNN of the saved checkpoints; step 0 = random init)", "",
-                      "| arm | step | cumulative FLOPs (TFLOP) | cumulative step time (min) | kNN top-1 % |",
+                      "| arm | step | cumulative FLOPs (TFLOP) | cumulative step CPU time (min) | kNN top-1 % |",
                       "|---|---|---|---|---|", *rows]) + "\n"
 
 
