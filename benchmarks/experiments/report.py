@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shlex
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -91,7 +92,7 @@ def markdown(table: Table, found, seeds, command: str, scale: str) -> str:
              f"scale `{scale}`, seeds {', '.join(map(str, seeds))}.", ""]
     if first:
         lines += ["Baseline command (seed 0 or the first seed found; the other arms add their method flags):", "",
-                  "```bash", " ".join(_quote(a) for a in _strip_python(first["command"])), "```", ""]
+                  "```bash", " ".join(shlex.quote(a) for a in _strip_python(first["command"])), "```", ""]
     head = ("| arm | seeds | steps | training FLOPs (TFLOP) | FLOPs vs baseline | step time vs baseline | "
             "CPU time vs baseline | removal / sparsity | kNN top-1 % | Δ kNN (± se) | verdict | linear top-1 % | "
             "Δ linear |")
@@ -164,12 +165,6 @@ def _strip_python(cmd: List[str]) -> List[str]:
 
     out = [relative(a) for a in cmd]
     return ["python", *out[1:]] if out and out[0].endswith(("python", "python3")) else out
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
 
 
 # ------------------------------------------------------------------------------------------------ plots

@@ -34,8 +34,6 @@ class Task:
     needs: List[str] = field(default_factory=list)  # arm names (same seed) that must finish first
     proc: Optional[subprocess.Popen] = None
     stage: str = "pending"  # pending | train | eval | done | failed
-    started: float = 0.0
-    cpu_s: float = 0.0  # user + sys CPU seconds of the training process (children included)
     log: Optional[object] = None
 
 
@@ -116,7 +114,6 @@ class Runner:
     def _spawn(self, task: Task, cmd: List[str], log_name: str) -> None:
         task.out.mkdir(parents=True, exist_ok=True)
         task.log = open(task.out / log_name, "a")
-        task.started = time.perf_counter()
         task.proc = subprocess.Popen(cmd, cwd=REPO, env=self._env(), stdout=task.log, stderr=subprocess.STDOUT)
 
     def _start(self, task: Task) -> None:
@@ -153,7 +150,7 @@ class Runner:
         task.stage = "eval"
         self._spawn(task, self.eval_command(task), "eval.log")
 
-    def _finished(self, task: Task, rc: int, rusage) -> None:
+    def _finished(self, task: Task, rc: int) -> None:
         task.log.close()
         if rc != 0:
             log = task.out / ("train.log" if task.stage == "train" else "eval.log")
@@ -161,10 +158,6 @@ class Runner:
             task.stage = "failed"
             return
         if task.stage == "train":
-            record = read_json(task.out / HARNESS_FILE)
-            record["cpu_s"] = record.get("cpu_s", 0.0) + rusage.ru_utime + rusage.ru_stime
-            record["process_wall_s"] = record.get("process_wall_s", 0.0) + time.perf_counter() - task.started
-            (task.out / HARNESS_FILE).write_text(json.dumps(record, indent=2))
             self._start_eval(task)
         else:
             task.stage = "done"
@@ -199,11 +192,11 @@ class Runner:
                 if not any(self.ready(t) for t in pending):
                     raise RuntimeError(f"arms wait on each other: {[t.arm.name for t in pending]}")
                 continue
-            pid, status, rusage = os.wait4(-1, 0)
+            pid, status = os.wait()  # whichever run ends first
             for task in running:
                 if task.proc is not None and task.proc.pid == pid:
                     task.proc.returncode = os.waitstatus_to_exitcode(status)
-                    self._finished(task, task.proc.returncode, rusage)
+                    self._finished(task, task.proc.returncode)
 
 
 def parse_launcher(text: Optional[str]) -> List[str]:

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 import simwnw_hf  # noqa: F401  (registers simwnw_* models)
 from simwnw_hf.eval.splits import HOLDOUT_FRACTION, HOLDOUT_SEED, TrainingData
 from simwnw_hf.models.dualgate_resnet import has_dense_path_keys
+from simwnw_hf.models.family import vit_image_size
 from simwnw_hf.train.checkpoint import (CHECKPOINT_RE, WEIGHTS_FILE, latest_checkpoint, safetensors_header,
                                         verify_checkpoint)
 
@@ -63,16 +64,6 @@ def _create_backbone(model_name: str, model_args: dict, from_run: bool) -> torch
         raise ValueError(f"{model_name} does not accept model_args {model_args}{where}: {exc}") from exc
 
 
-def _as_trained(model_args: dict, run: dict, same_model: bool) -> dict:
-    """The kwargs the trainer built the run's model with: a ViT trained at ``--image-size`` other than its
-    default has a position embedding for that size (or, with multi-crop local views, ``dynamic_img_size``)."""
-    if not same_model or "img_size" in model_args or not run.get("image_size") or "vit" not in str(run.get("model")):
-        return model_args
-    if run.get("n_local_crops"):
-        return {"dynamic_img_size": True, **model_args}
-    return {**model_args, "img_size": int(run["image_size"])}
-
-
 def _load_weights(backbone: torch.nn.Module, weights: Path, model_name: str, run_model) -> None:
     """Strict load; weights of another architecture are one line naming the mismatch, not a traceback."""
     state = load_file(str(weights))
@@ -102,7 +93,14 @@ def build_eval_backbone(args) -> tuple[torch.nn.Module, int, str, object]:
     model_args = run.get("model_args", "{}") if same_model else "{}"
     model_args = json.loads(model_args) if isinstance(model_args, str) else dict(model_args)
     torch.manual_seed(args.seed)
-    backbone = _create_backbone(model_name, _as_trained(model_args, run, same_model), from_run=bool(run))
+    backbone = _create_backbone(model_name, model_args, from_run=bool(run))
+    size = run.get("image_size") if same_model and "img_size" not in model_args else None
+    built = vit_image_size(backbone)
+    if size and built is not None and built != int(size):
+        # the trainer built the run's ViT for --image-size (or, with multi-crop, with dynamic_img_size)
+        as_trained = {"dynamic_img_size": True} if run.get("n_local_crops") else {"img_size": int(size)}
+        torch.manual_seed(args.seed)
+        backbone = _create_backbone(model_name, {**model_args, **as_trained}, from_run=True)
     if args.checkpoint is not None and not args.random_init:
         _load_weights(backbone, weights, model_name, run.get("model"))
     image_size = args.image_size or run.get("image_size") or backbone.pretrained_cfg["input_size"][-1]

@@ -18,6 +18,7 @@ from typing import Iterator, Tuple
 import torch
 import torch.nn as nn
 
+from simwnw_hf.models.family import is_vit
 from simwnw_hf.pruning.gating import BackRazorSettings, CDGSettings, DualGateSettings, GatingSettings
 from simwnw_hf.pruning.settings import model_name
 from simwnw_hf.pruning.stats import PairStats
@@ -32,10 +33,6 @@ __all__ = ["is_gating", "is_dualgate_model", "prepare_backbone", "checkpoint_enc
 
 def is_gating(settings) -> bool:
     return isinstance(settings, GatingSettings)
-
-
-def _is_vit(backbone: nn.Module) -> bool:
-    return hasattr(backbone, "blocks") and hasattr(backbone, "patch_embed")
 
 
 def is_dualgate_model(backbone: nn.Module) -> bool:
@@ -59,7 +56,7 @@ def prepare_backbone(backbone: nn.Module, settings) -> nn.Module:
             raise ValueError(f"{settings.flag} fits {settings.families}; '{name}' is not one "
                              f"(use --model simwnw_dualgate_resnet18_cifar or simwnw_dualgate_resnet18)")
         return backbone.add_dense_path()  # seed 002 co-trains the dense path with its own block BN
-    if _is_vit(backbone):
+    if is_vit(backbone):
         raise ValueError(f"{settings.flag} fits {settings.families}; '{name}' is a ViT")
     if isinstance(settings, CDGSettings):
         try:

@@ -33,6 +33,7 @@ from simwnw_hf.data.loader import EpochShuffleSampler, SkipUnreadable, ViewDatas
 from simwnw_hf.data.views import MultiCropTransform, TwoViewTransform
 from simwnw_hf.gating.training import (attach_back_razor, checkpoint_encoder, is_dualgate_model, is_gating,
                                        prepare_backbone)
+from simwnw_hf.models.family import is_vit, vit_image_size
 from simwnw_hf.pruning import BackRazorSettings, PairStats, pruning_record, reported_ratios
 from simwnw_hf.ssl.base import ADAMW_LR, ADAMW_WEIGHT_DECAY
 from simwnw_hf.ssl.frameworks import FRAMEWORKS
@@ -52,10 +53,6 @@ from .summary import COUNTER_KEYS, GATING_RATIOS, cost_summary
 # ----------------------------------------------------------------------------------------------- build
 
 
-def is_vit(backbone: torch.nn.Module) -> bool:
-    return hasattr(backbone, "blocks") and hasattr(backbone, "patch_embed")
-
-
 def build_backbone(cfg: TrainConfig) -> torch.nn.Module:
     """Headless timm backbone with pair pruning configured as the config asks.
 
@@ -65,7 +62,7 @@ def build_backbone(cfg: TrainConfig) -> torch.nn.Module:
     if FRAMEWORKS[cfg.framework].multi_crop and cfg.n_local_crops and "vit" in cfg.model:
         kwargs.setdefault("dynamic_img_size", True)  # local crops are smaller than the global views
     backbone = _create_backbone(cfg, kwargs)
-    built = _vit_image_size(backbone)
+    built = vit_image_size(backbone)
     if built is not None and built != cfg.image_size and not kwargs.get("dynamic_img_size"):
         if "img_size" in kwargs:
             raise ValueError(f"--model-args img_size={kwargs['img_size']} does not match --image-size "
@@ -92,16 +89,6 @@ def _create_backbone(cfg: TrainConfig, kwargs: dict) -> torch.nn.Module:
         raise ValueError(f"cannot create timm model '{cfg.model}': {exc}") from exc
     except TypeError as exc:  # e.g. "__init__() got an unexpected keyword argument 'widht'"
         raise ValueError(f"--model-args {json.dumps(cfg.model_kwargs)} do not fit '{cfg.model}': {exc}") from exc
-
-
-def _vit_image_size(backbone: torch.nn.Module) -> Optional[int]:
-    """The square input size a ViT was built for; None for other models (they take any size)."""
-    if not is_vit(backbone):
-        return None
-    size = getattr(backbone.patch_embed, "img_size", None)
-    if not size:
-        return None
-    return int(size[0]) if size[0] == size[-1] else None
 
 
 def resolved_pruning(backbone: torch.nn.Module, cfg: TrainConfig) -> dict:
