@@ -61,18 +61,19 @@ def _full(mask, like_channels):
     return mask.expand(mask.shape[0], like_channels, *mask.shape[2:]) if mask.shape[1] == 1 else mask
 
 
-def _run(executor, model, xs, rs, expand_args):
+def _run(executor, model, xs, rs, expand_args, wax_kw=None):
     xs = [x.clone().requires_grad_(True) for x in xs]
     expand = None
     if expand_args is not None:
-        expand = pair_expander(*expand_args, wax_fn=wax_compact if executor is lean_forward_features else None)
+        expand = pair_expander(*expand_args, wax_fn=wax_compact if executor is lean_forward_features else None,
+                               **(wax_kw or {}))
     hs, masks, trace = executor(model, xs, rs, expand)
     if torch.is_grad_enabled():
         sum(h.square().sum() * (i + 1) + h.sum() for i, h in enumerate(hs)).backward()
     return hs, masks, trace, xs
 
 
-def _compare(block, cifar_stem, size, train, masks_kind, threshold=20.0, rings=2):
+def _compare(block, cifar_stem, size, train, masks_kind, threshold=20.0, rings=2, **wax_kw):
     ref_model = _model(block, cifar_stem).train(train)
     lean_model = copy.deepcopy(ref_model)
     b = 2
@@ -90,7 +91,7 @@ def _compare(block, cifar_stem, size, train, masks_kind, threshold=20.0, rings=2
         expand_args = (src, match, similar, blk, (size, size), threshold, rings)
     out = {}
     for key, executor, model in (("ref", masked_forward_features, ref_model), ("lean", lean_forward_features, lean_model)):
-        out[key] = _run(executor, model, [x1, x2], rs, expand_args)
+        out[key] = _run(executor, model, [x1, x2], rs, expand_args, wax_kw)
     (hr, mr, tr, xr), (hl, ml, tl, xl) = out["ref"], out["lean"]
     for a, c in zip(hr, hl):
         torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-8)
@@ -133,6 +134,43 @@ def test_lean_equals_reference_when_waxing_passes_per_channel():
     _, mrec = _compare(BasicBlock, True, 17, True, "matched", threshold=10.0, rings=4)
     waxed = [r for n, r in mrec if n.endswith(":waxed")]
     assert any(r.removed1.shape[1] > 1 and bool((r.removed1 != r.removed1[:, :1]).any()) for r in waxed)
+
+
+@pytest.mark.parametrize("block,cifar_stem,size", [(BasicBlock, True, 17), (Bottleneck, False, 37)])
+@pytest.mark.parametrize("peak", ["channel", "map"])
+@pytest.mark.parametrize("threshold", [10.0, 20.0])
+def test_lean_equals_reference_with_spatial_waxing(block, cifar_stem, size, peak, threshold):
+    """Spatial (all-channel) ring decisions: lean == reference, and every mask stays one position mask."""
+    fr, mrec = _compare(block, cifar_stem, size, True, "matched", threshold=threshold, rings=3,
+                        decision="spatial", peak=peak)
+    waxed = [r for n, r in mrec if n.endswith(":waxed")]
+    # the reference returns (B, C, H, W) masks; spatial decisions make every channel equal
+    assert all(bool((r.removed1 == r.removed1[:, :1]).all()) and bool((r.removed2 == r.removed2[:, :1]).all())
+               for r in waxed)
+    assert fr["kept_flops"] == pytest.approx(fr["spatial_kept_flops"], rel=1e-12)  # nothing finer than positions
+
+
+def test_lean_spatial_waxing_keeps_masks_compact_and_grows():
+    model = _model(BasicBlock, True).train()
+    b, size, blk = 2, 17, 4
+    torch.manual_seed(1)
+    x1 = torch.randn(b, 3, size, size, dtype=torch.float64)
+    x2 = (x1 + 0.05 * torch.randn_like(x1)).roll(1, dims=3)
+    src, match, similar = _matched(b, size, size, blk, seed=4)
+    rs = [_paint(src.expand(b, -1, -1), similar, blk, size, size), _paint(match, similar, blk, size, size)]
+    grown = {}
+    for decision in ("spatial", "channel"):
+        expand = pair_expander(src, match, similar, blk, (size, size), 10.0, 3, wax_fn=wax_compact, decision=decision)
+        with torch.no_grad():
+            _, _, trace = lean_forward_features(copy.deepcopy(model), [x1, x2], rs, expand)
+        recs = [r for r in trace if isinstance(r, MaskRecord)]
+        if decision == "spatial":
+            assert all(r.removed1.shape[1] == 1 and r.removed2.shape[1] == 1 for r in recs)
+        grown[decision] = trace_flops(trace)["spatial_kept_flops"]
+    no_wax = pair_expander(src, match, similar, blk, (size, size), 10.0, 0, wax_fn=wax_compact)
+    with torch.no_grad():
+        _, _, trace0 = lean_forward_features(copy.deepcopy(model), [x1, x2], rs, no_wax)
+    assert grown["spatial"] < trace_flops(trace0)["spatial_kept_flops"]  # spatial rings really pass here
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])
@@ -179,6 +217,31 @@ def test_wax_compact_equals_wax_on_matched_masks():
         assert torch.equal(_full(lean.removed1, c), ref.removed1) and torch.equal(_full(lean.removed2, c), ref.removed2)
         assert float(lean.compared_pairs) == float(ref.compared_pairs)
         assert float(lean.overhead_flops) == pytest.approx(float(ref.overhead_flops))
+
+
+@pytest.mark.parametrize("peak", ["channel", "map"])
+def test_wax_spatial_compact_equals_wax_on_matched_masks(peak):
+    torch.manual_seed(5)
+    b, c, h, w, blk = 2, 6, 12, 12, 4
+    src, match, similar = _matched(b, 24, 24, 8, seed=6)
+    corr = block_correspondence(src, match, similar, 8, (24, 24), (h, w))
+    r1 = _paint(src.expand(b, -1, -1) // 2, similar, blk, h, w)[:, None]
+    r2 = _paint(match // 2, similar, blk, h, w)[:, None]
+    h1 = torch.randn(b, c, h, w)
+    h2 = h1 + 0.3 * torch.randn_like(h1) * torch.rand(1, c, 1, 1)
+    h1[:, 0] = 0  # a dead channel
+    h2[:, 0] = 0
+    r1c = r1.expand(b, c, h, w).clone()
+    r1c[:, ::2, :3] = True  # per-channel input masks: rings start from positions removed in every channel
+    passed = 0
+    for thr, m1 in ((5.0, r1), (10.0, r1), (20.0, r1), (40.0, r1), (10.0, r1c)):
+        ref = wax(h1, h2, m1, r2, corr, thr, 3, decision="spatial", peak=peak)
+        lean = wax_compact(h1, h2, m1, r2, corr, thr, 3, decision="spatial", peak=peak)
+        assert torch.equal(_full(lean.removed1, c), ref.removed1) and torch.equal(_full(lean.removed2, c), ref.removed2)
+        assert float(lean.compared_pairs) == float(ref.compared_pairs)
+        assert float(lean.overhead_flops) == pytest.approx(float(ref.overhead_flops))
+        passed += int(bool((ref.removed1 != m1.expand_as(ref.removed1)).any()))
+    assert passed >= 2  # the comparison saw rings pass and fail
 
 
 def test_select_executor_and_refusals():

@@ -175,3 +175,44 @@ def test_block_correspondence_scales_with_stride():
     assert not bool(corr.valid.view(8, 8)[7, 4])  # row 9 is outside view 2
     with pytest.raises(ValueError, match="expected"):
         block_correspondence(torch.zeros(2), torch.zeros(1, 2, 2), torch.ones(1, 2, dtype=torch.bool), 4, (8, 8), (8, 8))
+
+
+@pytest.mark.parametrize("peak", ["channel", "map"])
+def test_wax_spatial_decides_over_all_channels(peak):
+    """Spatial decisions: one channel's large ring error is averaged with clean channels.
+
+    Ring 1: channel 0 off by 0.2 (14 dB alone, fails the per-channel test), channels 1-3 clean: the
+    normalised MSE over the 4 channels is 0.04 / 4 = 0.01 (20 dB, passes at 19 dB). Ring 2: every
+    channel off by 0.2: fails. So per-channel waxing grows channels 1-3 by one ring and channel 0 by
+    none, while spatial waxing grows every channel by exactly one ring (masks equal over channels).
+    """
+    H = W = 16
+    bs, y0, x0, dy, dx = 4, 5, 4, 1, 2
+    gen = torch.Generator().manual_seed(3)
+    h1 = 0.2 + 0.3 * torch.rand(1, 4, H, W, generator=gen)
+    h1[..., 0, 0] = 1.0  # MAX = 1 in every channel and for the map
+    h2 = _shifted_pair(h1, dy, dx)
+    ring1 = _shifted_pair(_ring(H, W, y0, x0, bs, 1)[None, None].float(), dy, dx)[0, 0].bool()
+    ring2 = _shifted_pair(_ring(H, W, y0, x0, bs, 2)[None, None].float(), dy, dx)[0, 0].bool()
+    h2[0, 0][ring1] += 0.2
+    for c in range(4):
+        h2[0, c][ring2] += 0.2
+    corr = block_correspondence(torch.tensor([[y0, x0]]), torch.tensor([[[y0 + dy, x0 + dx]]]),
+                                torch.tensor([[True]]), bs, (H, W), (H, W))
+    r1 = _square(H, W, y0, x0, bs)[None, None]
+    r2 = _shifted_pair(r1.float(), dy, dx).bool()
+    per_channel = wax(h1, h2, r1, r2, corr, psnr_threshold=19.0, max_rings=2, peak=peak)
+    assert torch.equal(per_channel.removed1[0, 0], r1[0, 0])
+    assert all(torch.equal(per_channel.removed1[0, c], _square(H, W, y0, x0, bs, 1)) for c in (1, 2, 3))
+    spatial = wax(h1, h2, r1, r2, corr, psnr_threshold=19.0, max_rings=2, decision="spatial", peak=peak)
+    grown = _square(H, W, y0, x0, bs, 1)
+    for c in range(4):
+        assert torch.equal(spatial.removed1[0, c], grown), c
+        assert torch.equal(spatial.removed2[0, c], _shifted_pair(grown[None, None].float(), dy, dx)[0, 0].bool()), c
+    # compared (channel, pixel) pairs: rings 1 and 2 of a 4x4 block (20 + 28 pixels) x 4 channels
+    assert int(spatial.compared_pairs) == (20 + 28) * 4
+    assert float(spatial.overhead_flops) == (3 + (peak == "channel")) * int(spatial.compared_pairs) + 2 * 2 * h1.numel()
+    with pytest.raises(ValueError, match="unknown waxing decision"):
+        wax(h1, h2, r1, r2, corr, decision="pooled")
+    with pytest.raises(ValueError, match="unknown waxing peak"):
+        wax(h1, h2, r1, r2, corr, peak="global")

@@ -131,7 +131,7 @@ class SimWnWResNet(ResNet):
         executor = select_executor(cfg.executor)
         expand = pair_expander(match.src_yx, match.match_yx, match.similar, match.block_size,
                                tuple(x1.shape[-2:]), cfg.psnr_threshold, cfg.max_rings,
-                               wax_fn=wax_for_executor(cfg.executor))
+                               wax_fn=wax_for_executor(cfg.executor), decision=cfg.wax_decision, peak=cfg.wax_peak)
         hs, _, trace = executor(self, [x1, x2], [match.mask1, match.mask2], expand)
         return match, tuple(hs), trace
 

@@ -36,6 +36,8 @@ def _finite(name: str, value) -> float:
 
 
 SIMWNW_EXECUTORS = ("lean", "reference", "auto")
+WAX_DECISIONS = ("channel", "spatial")  # = simwnw.masks.WAX_DECISIONS (held equal by a test; no torch import here)
+WAX_PEAKS = ("channel", "map")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class SimWnWSettings:
     psnr_threshold: dB; blocks and feature-map rings at or above it are removed.
     search_window: side of the block search region in view 2; None = 2 x block size.
     max_rings: most rings waxed per conv input (``simwnw.masks``).
+    wax_decision: ``channel`` (the paper's reading, default: a ring passes per (image, block, channel))
+        or ``spatial`` (per (image, block), over all channels: masks stay one position mask per image,
+        which is cheaper and what a skipping executor can skip; ``simwnw.masks``).
+    wax_peak: the feature-map PSNR's MAX: ``channel`` (default) or ``map`` (all channels of the map).
     executor: how the pair path runs (``models.resnet_pair.select_executor``): ``lean`` (default: the
         reference's numbers with less bookkeeping), ``reference`` (the definition, the test oracle) or
         ``auto`` (the fastest exact executor; lean today). It changes time, never the numbers.
@@ -56,6 +62,8 @@ class SimWnWSettings:
     search_window: Optional[int] = None
     max_rings: int = 2
     executor: str = "lean"
+    wax_decision: str = "channel"
+    wax_peak: str = "channel"
 
     method: ClassVar[str] = "simwnw"
     flag: ClassVar[str] = "--simwnw"
@@ -69,6 +77,10 @@ class SimWnWSettings:
         if int(self.max_rings) != self.max_rings or self.max_rings < 0:
             raise ValueError(f"max_rings must be an integer >= 0, got {self.max_rings}")
         object.__setattr__(self, "max_rings", int(self.max_rings))
+        if self.wax_decision not in WAX_DECISIONS:
+            raise ValueError(f"unknown waxing decision {self.wax_decision!r}; choose one of {', '.join(WAX_DECISIONS)}")
+        if self.wax_peak not in WAX_PEAKS:
+            raise ValueError(f"unknown waxing peak {self.wax_peak!r}; choose one of {', '.join(WAX_PEAKS)}")
         if self.executor not in SIMWNW_EXECUTORS:
             raise ValueError(f"unknown SimWnW executor {self.executor!r}; choose one of {', '.join(SIMWNW_EXECUTORS)}")
 

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 
 from .masked_exec import masked_batch_norm
 from .masks import (PEAK_FLOPS, PSNR_PAIR_FLOPS, Correspondence, WaxResult, active_inputs, check_wax_inputs,
-                    ring_distance)
+                    ring_distance, wax_peak)
 
-__all__ = ["lean_conv2d", "lean_batch_norm", "wax_compact", "compact_mask", "zero_by_mask"]
+__all__ = ["lean_conv2d", "lean_batch_norm", "wax_compact", "wax_spatial_compact", "compact_mask", "zero_by_mask"]
 
 
 def zero_by_mask(x: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
@@ -139,15 +139,20 @@ def compact_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 def wax_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, removed2: torch.Tensor,
-                corr: Correspondence, psnr_threshold: float = 20.0, max_rings: int = 2) -> WaxResult:
+                corr: Correspondence, psnr_threshold: float = 20.0, max_rings: int = 2,
+                decision: str = "channel", peak: str = "channel") -> WaxResult:
     """``masks.wax`` with compact masks: the same removal, comparing ring pixels only.
+
+    ``decision="spatial"`` runs :func:`wax_spatial_compact`.
 
     Only the pixels that lie in a ring of some channel (a thin band around the removed region) are
     gathered and compared, block sums are ``index_add`` over (image, block), and masks stay
     ``(B, 1, H, W)`` when they were and no ring passes in any channel (or when all channels agree).
     Returned masks may be ``(B, 1, H, W)``; expanded over channels they equal ``wax``'s.
     """
-    check_wax_inputs(h1, h2, corr, max_rings)
+    check_wax_inputs(h1, h2, corr, max_rings, decision, peak)
+    if decision == "spatial":
+        return wax_spatial_compact(h1, h2, removed1, removed2, corr, psnr_threshold, max_rings, peak)
     bsz, ch, h, w = h1.shape
     zero = torch.zeros((), device=h1.device)
     if max_rings == 0 or corr.num_blocks == 0:
@@ -165,8 +170,7 @@ def wax_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, remo
         width = int(counts.max())
         if width == 0:
             return WaxResult(removed1, removed2, zero, zero + peak_flops)
-        peak = torch.maximum(torch.maximum(-a1.amin(2), a1.amax(2)), torch.maximum(-a2.amin(2), a2.amax(2)))  # max |a|
-        mse_limit = peak.square() * 10.0 ** (-psnr_threshold / 10.0)  # (B, C)
+        mse_limit = wax_peak(a1, a2, peak).square().expand(bsz, ch) * 10.0 ** (-psnr_threshold / 10.0)  # (B, C)
         # the candidate pixels of each image first (padded to the widest image): gather/scatter along
         # the last dim stay fast kernels, unlike advanced indexing over (image, :, pixel)
         pos = torch.sort(cand.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]  # (B, P)
@@ -219,4 +223,65 @@ def wax_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, remo
             new2 = r2 | torch.zeros(bsz, ch, h * w, dtype=torch.uint8, device=h1.device).scatter_reduce_(
                 2, tgt_c, add.to(torch.uint8), reduce="amax").bool()
             m2 = compact_mask(new2.view(bsz, ch, h, w))
+    return WaxResult(m1, m2, compared, flops)
+
+
+def wax_spatial_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, removed2: torch.Tensor,
+                        corr: Correspondence, psnr_threshold: float = 20.0, max_rings: int = 2,
+                        peak: str = "channel") -> WaxResult:
+    """``masks.wax(decision="spatial")`` on ring pixels only, masks kept ``(B, 1, H, W)``.
+
+    The ring band of the position mask is gathered once for all channels, each pixel's error is
+    reduced over channels right away (one number per ring pixel), and block sums are ``index_add``
+    over (image, block): no per-channel state, so nothing downstream ever grows to ``(B, C, H, W)``.
+    """
+    check_wax_inputs(h1, h2, corr, max_rings, "spatial", peak)
+    bsz, ch, h, w = h1.shape
+    zero = torch.zeros((), device=h1.device)
+    if max_rings == 0 or corr.num_blocks == 0:
+        return WaxResult(removed1, removed2, zero, zero)
+    with torch.no_grad():
+        p1 = removed1 if removed1.shape[1] == 1 else removed1.all(dim=1, keepdim=True)  # positions removed everywhere
+        p2 = removed2 if removed2.shape[1] == 1 else removed2.all(dim=1, keepdim=True)
+        a1 = h1.detach().float().reshape(bsz, ch, h * w)
+        a2 = h2.detach().float().reshape(bsz, ch, h * w)
+        peak_flops = PEAK_FLOPS * 2 * a1.numel()
+        dist = ring_distance(p1, max_rings).reshape(bsz, h * w)
+        cand = (dist >= 1) & (dist <= max_rings) & corr.valid
+        counts = cand.sum(dim=1)
+        width = int(counts.max())
+        if width == 0:
+            return WaxResult(removed1, removed2, zero, zero + peak_flops)
+        pk = wax_peak(a1, a2, peak)  # (B, C) or (B, 1)
+        inv = torch.where(pk > 0, 1.0 / pk, torch.zeros_like(pk))
+        pos = torch.sort(cand.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]  # (B, P)
+        real = torch.arange(width, device=h1.device)[None] < counts[:, None]
+        tgt = corr.target.gather(1, pos)
+        diff = a1.gather(2, pos[:, None, :].expand(bsz, ch, width)) - a2.gather(2, tgt[:, None, :].expand(bsz, ch, width))
+        err = (diff * inv[..., None]).square().sum(dim=1).reshape(-1)  # (B*P,): normalised, summed over channels
+        nb = corr.num_blocks
+        slot = (torch.arange(bsz, device=h1.device)[:, None] * nb + corr.owner.gather(1, pos).clamp(min=0)).reshape(-1)
+        ring_k = torch.where(real, dist.gather(1, pos), 0).reshape(-1)
+        comparable = (~p2.reshape(bsz, h * w).gather(1, tgt)).reshape(-1)
+        limit = 10.0 ** (-psnr_threshold / 10.0) * ch
+        alive = torch.ones(bsz * nb, dtype=torch.bool, device=h1.device)
+        add = torch.zeros(bsz * width, dtype=torch.bool, device=h1.device)
+        compared = torch.zeros((), device=h1.device)
+        for k in range(1, max_rings + 1):
+            ring = (ring_k == k) & alive.index_select(0, slot)
+            cf = (ring & comparable).float()
+            se = torch.zeros(bsz * nb, device=h1.device).index_add_(0, slot, err * cf)
+            cnt = torch.zeros(bsz * nb, device=h1.device).index_add_(0, slot, cf)
+            alive = alive & (se <= limit * cnt)
+            add |= ring & alive.index_select(0, slot)
+            compared += cnt.sum() * ch
+        flops = (PSNR_PAIR_FLOPS + (1 if peak == "channel" else 0)) * compared + peak_flops
+        if not bool(add.any()):
+            return WaxResult(removed1, removed2, compared, flops)
+        add = add.view(bsz, width)
+        grow1 = torch.zeros(bsz, h * w, dtype=torch.bool, device=h1.device).scatter_(1, pos, add)
+        grow2 = torch.zeros(bsz, h * w, dtype=torch.uint8, device=h1.device).scatter_reduce_(
+            1, tgt, add.to(torch.uint8), reduce="amax").bool()
+        m1 = removed1 | grow1.view(bsz, 1, h, w)
+        m2 = removed2 | grow2.view(bsz, 1, h, w)
     return WaxResult(m1, m2, compared, flops)

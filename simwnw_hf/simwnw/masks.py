@@ -31,9 +31,19 @@ Waxing (§4.2.2, "concentric circle approach", channel-wise)
     is a zero, not an activation) but are added with the ring. A ring part with no comparable pixel
     passes vacuously.
 
+Spatial (all-channel) decisions, an option (``decision="spatial"``)
+    The paper does not say whether a ring is tested per channel or for the whole feature map. With
+    ``decision="spatial"`` masks are positions ``(B, 1, H, W)``: rings are rings of the positions
+    removed in every channel, a ring part passes when the MSE over *all channels* of its pixels
+    (each channel's error divided by that channel's ``MAX^2``, so no channel's scale dominates; or
+    by the map's ``MAX^2`` with ``peak="map"``) is within the threshold, and a passing ring part is
+    removed in every channel. Masks then stay one position mask, which a skipping executor can use
+    and which costs one comparison per (image, block, ring) instead of one per channel.
+
 Feature-map PSNR
     ``PSNR = 10 log10(MAX^2 / MSE)`` with ``MAX`` = the largest ``|activation|`` of that channel over
-    both views' maps of the image pair at this layer. Images use MAX_I = 1 because pixels live in
+    both views' maps of the image pair at this layer (``peak="channel"``, the default), or of the
+    whole map, all channels (``peak="map"``). Images use MAX_I = 1 because pixels live in
     [0, 1]; activations have no fixed range, so the pair's own peak plays that role. This makes the
     test invariant to rescaling a channel (BatchNorm gamma) and the 20 dB threshold keeps its image
     meaning: an RMS difference of 10% of the peak. A dead channel (MAX = 0) has MSE = 0 and passes.
@@ -45,7 +55,8 @@ Block structure
     skip a block-aligned tile whenever the whole tile is removed.
 
 Overhead: a ring PSNR costs 3 FLOPs per compared pixel pair (subtract, square, accumulate; App. C
-counts 2,700 FLOPs for a 30x30 block), plus 2 FLOPs per activation for the per-channel peak.
+counts 2,700 FLOPs for a 30x30 block), plus 2 FLOPs per activation for the per-channel peak; spatial
+decisions normalised per channel add one multiply per compared pair.
 """
 
 from __future__ import annotations
@@ -57,11 +68,13 @@ import torch
 
 __all__ = [
     "wane", "window_any", "active_inputs", "ring_distance", "Correspondence", "block_correspondence", "wax",
-    "WaxResult", "pair_expander", "PSNR_PAIR_FLOPS", "PEAK_FLOPS",
+    "WaxResult", "pair_expander", "PSNR_PAIR_FLOPS", "PEAK_FLOPS", "WAX_DECISIONS", "WAX_PEAKS", "wax_peak",
 ]
 
 PSNR_PAIR_FLOPS = 3  # subtract, square, accumulate per compared pixel pair (paper App. C)
 PEAK_FLOPS = 2  # |x| and max per activation for the per-channel MAX
+WAX_DECISIONS = ("channel", "spatial")  # a ring passes per (image, block, channel) or per (image, block)
+WAX_PEAKS = ("channel", "map")  # the PSNR's MAX: per channel, or over the whole feature map
 
 
 def _pair(v) -> tuple[int, int]:
@@ -213,8 +226,13 @@ class WaxResult:
     overhead_flops: torch.Tensor  # 0-d: ring PSNRs + per-channel peaks
 
 
-def check_wax_inputs(h1: torch.Tensor, h2: torch.Tensor, corr: "Correspondence", max_rings: int) -> None:
-    """One-line errors for inputs any waxing implementation refuses (shared by ``wax`` and its lean twin)."""
+def check_wax_inputs(h1: torch.Tensor, h2: torch.Tensor, corr: "Correspondence", max_rings: int,
+                     decision: str = "channel", peak: str = "channel") -> None:
+    """One-line errors for inputs any waxing implementation refuses (shared by ``wax`` and its lean twins)."""
+    if decision not in WAX_DECISIONS:
+        raise ValueError(f"unknown waxing decision {decision!r}; choose one of {', '.join(WAX_DECISIONS)}")
+    if peak not in WAX_PEAKS:
+        raise ValueError(f"unknown waxing peak {peak!r}; choose one of {', '.join(WAX_PEAKS)}")
     if h1.shape != h2.shape or h1.dim() != 4:
         raise ValueError(f"wax needs two (B, C, H, W) maps of equal shape, got {tuple(h1.shape)} and {tuple(h2.shape)}")
     if max_rings < 0:
@@ -224,15 +242,25 @@ def check_wax_inputs(h1: torch.Tensor, h2: torch.Tensor, corr: "Correspondence",
         raise ValueError(f"correspondence is for {tuple(corr.owner.shape)} pixels, feature map is {bsz}x{h}x{w}")
 
 
+def wax_peak(a1: torch.Tensor, a2: torch.Tensor, peak: str = "channel") -> torch.Tensor:
+    """The PSNR's ``MAX`` of flat maps ``a1``/``a2`` (B, C, N): (B, C) per channel, or (B, 1) per map."""
+    p = torch.maximum(torch.maximum(-a1.amin(2), a1.amax(2)), torch.maximum(-a2.amin(2), a2.amax(2)))  # max |a|
+    return p.amax(1, keepdim=True) if peak == "map" else p
+
+
 def wax(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, removed2: torch.Tensor,
-        corr: Correspondence, psnr_threshold: float = 20.0, max_rings: int = 2) -> WaxResult:
-    """Grow the removed regions of both views ring by ring, channel-wise (§4.2.2).
+        corr: Correspondence, psnr_threshold: float = 20.0, max_rings: int = 2,
+        decision: str = "channel", peak: str = "channel") -> WaxResult:
+    """Grow the removed regions of both views ring by ring (§4.2.2), per channel or spatially.
 
     ``h1``/``h2``: (B, C, H, W) feature maps of the two views at one layer; ``removed1``/``removed2``:
     (B, C|1, H, W) bool masks at that layer; ``corr``: :func:`block_correspondence` at (H, W).
-    Masks never shrink. No gradient flows through the decision.
+    ``decision``/``peak``: see the module docstring. Returns (B, C, H, W) masks. Masks never shrink.
+    No gradient flows through the decision.
     """
-    check_wax_inputs(h1, h2, corr, max_rings)
+    check_wax_inputs(h1, h2, corr, max_rings, decision, peak)
+    if decision == "spatial":
+        return _wax_spatial(h1, h2, removed1, removed2, corr, psnr_threshold, max_rings, peak)
     bsz, ch, h, w = h1.shape
     r1 = removed1.expand(bsz, ch, h, w)
     r2 = removed2.expand(bsz, ch, h, w)
@@ -242,8 +270,7 @@ def wax(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, removed2: to
     with torch.no_grad():
         a1 = h1.detach().float().reshape(bsz, ch, h * w)
         a2 = h2.detach().float().reshape(bsz, ch, h * w)
-        peak = torch.maximum(a1.abs().amax(2), a2.abs().amax(2))  # (B, C)
-        mse_limit = peak.square() * 10.0 ** (-psnr_threshold / 10.0)  # PSNR >= thr  <=>  MSE <= limit
+        mse_limit = wax_peak(a1, a2, peak).square().expand(bsz, ch) * 10.0 ** (-psnr_threshold / 10.0)
         target = corr.target[:, None, :].expand(bsz, ch, h * w)  # (B, C, H*W)
         owner = corr.owner.clamp(min=0)[:, None, :].expand(bsz, ch, h * w)
         valid = corr.valid[:, None, :]  # (B, 1, H*W)
@@ -270,13 +297,63 @@ def wax(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, removed2: to
     return WaxResult(new1.view(bsz, ch, h, w), new2.view(bsz, ch, h, w), compared, flops)
 
 
+def _wax_spatial(h1, h2, removed1, removed2, corr: Correspondence, psnr_threshold: float, max_rings: int,
+                 peak: str) -> WaxResult:
+    """``wax(decision="spatial")``: one decision per (image, block, ring) over all channels.
+
+    Spelled out over full maps (every pixel, every channel), as the definition: rings of the
+    positions removed in every channel; each channel's squared error divided by its ``MAX^2``
+    (``peak``); a ring part passes while the normalised errors summed over channels and compared
+    pixels are at most ``10^(-threshold/10)`` per (channel, pixel) pair.
+    """
+    bsz, ch, h, w = h1.shape
+    r1 = removed1.expand(bsz, ch, h, w)
+    r2 = removed2.expand(bsz, ch, h, w)
+    if max_rings == 0 or corr.num_blocks == 0:
+        zero = torch.zeros((), device=h1.device)
+        return WaxResult(r1.clone(), r2.clone(), zero, zero)
+    with torch.no_grad():
+        a1 = h1.detach().float().reshape(bsz, ch, h * w)
+        a2 = h2.detach().float().reshape(bsz, ch, h * w)
+        pk = wax_peak(a1, a2, peak).expand(bsz, ch)
+        inv = torch.where(pk > 0, 1.0 / pk, torch.zeros_like(pk))  # a dead channel (MAX = 0) adds no error
+        limit = 10.0 ** (-psnr_threshold / 10.0)
+        pos1 = r1.all(dim=1).reshape(bsz, h * w)  # positions removed in every channel
+        pos2 = r2.all(dim=1).reshape(bsz, h * w)
+        a2_at = a2.gather(2, corr.target[:, None, :].expand(bsz, ch, h * w))
+        norm_err = ((a1 - a2_at) * inv[..., None]).square().sum(dim=1)  # (B, H*W): summed over channels
+        r2_at = pos2.gather(1, corr.target)
+        owner = corr.owner.clamp(min=0)
+        dist = ring_distance(pos1.view(bsz, 1, h, w), max_rings).reshape(bsz, h * w)
+        alive = torch.ones(bsz, corr.num_blocks, dtype=torch.bool, device=h1.device)
+        add1 = torch.zeros(bsz, h * w, dtype=torch.bool, device=h1.device)
+        compared = torch.zeros((), device=h1.device)
+        for k in range(1, max_rings + 1):
+            ring = (dist == k) & corr.valid & alive.gather(1, owner)
+            compare = ring & ~r2_at
+            se = torch.zeros(bsz, corr.num_blocks, device=h1.device).scatter_add_(1, owner, norm_err * compare)
+            cnt = torch.zeros_like(se).scatter_add_(1, owner, compare.float())
+            alive = alive & (se <= limit * ch * cnt)  # per (image, block)
+            add1 |= ring & alive.gather(1, owner)
+            compared += cnt.sum() * ch
+        add2 = torch.zeros(bsz, h * w, dtype=torch.uint8, device=h1.device).scatter_reduce(
+            1, torch.where(add1, corr.target, 0), add1.to(torch.uint8), reduce="amax").bool()
+        new1 = r1 | add1.view(bsz, 1, h, w)
+        new2 = r2 | add2.view(bsz, 1, h, w)
+    pair_flops = PSNR_PAIR_FLOPS + (1 if peak == "channel" else 0)  # + the per-channel normalising multiply
+    flops = pair_flops * compared + PEAK_FLOPS * 2 * a1.numel()
+    return WaxResult(new1, new2, compared, flops)
+
+
 def pair_expander(src_yx: torch.Tensor, match_yx: torch.Tensor, similar: torch.Tensor, block_size: int,
-                  image_hw: Sequence[int], psnr_threshold: float = 20.0, max_rings: int = 2, wax_fn=None):
+                  image_hw: Sequence[int], psnr_threshold: float = 20.0, max_rings: int = 2, wax_fn=None,
+                  decision: str = "channel", peak: str = "channel"):
     """Waxing callback for the pair-path executors (``models.resnet_pair``) from one batch's matches.
 
     The correspondence is built once per feature resolution and cached in this closure, which lives
     for one forward call only (nothing is stored on the model). ``wax_fn``: :func:`wax` (default) or
-    ``lean_exec.wax_compact`` (same removal, masks kept (B, 1, H, W) where they agree over channels).
+    ``lean_exec.wax_compact`` (same removal, masks kept (B, 1, H, W) where they agree over channels);
+    ``decision``/``peak``: per-channel or spatial ring decisions and the PSNR's MAX (module docstring).
     """
     cache: dict = {}
     wax_fn = wax if wax_fn is None else wax_fn
@@ -285,7 +362,7 @@ def pair_expander(src_yx: torch.Tensor, match_yx: torch.Tensor, similar: torch.T
         hw = tuple(hs[0].shape[-2:])
         if hw not in cache:
             cache[hw] = block_correspondence(src_yx, match_yx, similar, block_size, image_hw, hw)
-        res = wax_fn(hs[0], hs[1], rs[0], rs[1], cache[hw], psnr_threshold, max_rings)
+        res = wax_fn(hs[0], hs[1], rs[0], rs[1], cache[hw], psnr_threshold, max_rings, decision=decision, peak=peak)
         return [res.removed1, res.removed2], res.overhead_flops
 
     return expand

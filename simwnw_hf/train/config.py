@@ -55,6 +55,8 @@ class TrainConfig:
     search_window: Optional[int] = None  # None: 2 x block size
     max_rings: int = 2  # waxing: most rings grown per conv input (simwnw_hf/simwnw/masks.py)
     simwnw_executor: str = "lean"  # lean | reference | auto: how the SimWnW pair path runs (same numbers, different time)
+    wax_decision: str = "channel"  # waxing: a ring passes per channel (the paper's reading) or spatially, over all channels
+    wax_peak: str = "channel"  # waxing: the feature-map PSNR's MAX per channel or over the whole map
     # token pruning on ViTs: simwnw | simprune | evit
     token_pruning: Optional[str] = None  # None: dense ViT
     keep_rate: float = 0.8  # simprune / evit: fraction of tokens kept at each pruning layer
@@ -132,7 +134,8 @@ class TrainConfig:
         if self.simwnw:
             return SimWnWSettings(block_size=self.block_size, psnr_threshold=self.psnr_threshold,
                                   search_window=self.search_window, max_rings=self.max_rings,
-                                  executor=self.simwnw_executor
+                                  executor=self.simwnw_executor, wax_decision=self.wax_decision,
+                                  wax_peak=self.wax_peak
                                   ).resolve(self.image_size)
         if self.token_pruning:
             return TokenPruningSettings(method=self.token_pruning, psnr_threshold=self.psnr_threshold,
@@ -197,10 +200,11 @@ _ALIASES = {"keep_checkpoints": ("--save-total-limit",)}
 
 
 def _choices(name: str):
-    from simwnw_hf.pruning.settings import SIMWNW_EXECUTORS
+    from simwnw_hf.pruning.settings import SIMWNW_EXECUTORS, WAX_DECISIONS, WAX_PEAKS
     from simwnw_hf.ssl.frameworks import FRAMEWORK_NAMES
 
-    return {"framework": FRAMEWORK_NAMES, "simwnw_executor": SIMWNW_EXECUTORS,
+    return {"framework": FRAMEWORK_NAMES, "simwnw_executor": SIMWNW_EXECUTORS, "wax_decision": WAX_DECISIONS,
+            "wax_peak": WAX_PEAKS,
             "token_pruning": TOKEN_PRUNING_METHODS, **_CHOICES}.get(name)
 
 

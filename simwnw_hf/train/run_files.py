@@ -35,7 +35,7 @@ def write_json_atomic(path, payload) -> None:
 RUN_IDENTITY = ("framework", "model", "model_args", "framework_args", "dataset", "split", "image_column",
                 "max_samples", "image_size", "crop_min_scale", "batch_size", "seed", "optimizer", "lr",
                 "weight_decay", "warmup_steps", "simwnw", "block_size", "psnr_threshold", "search_window",
-                "max_rings", "token_pruning", "keep_rate", "prune_layers", "n_local_crops", "local_crop_size",
+                "max_rings", "wax_decision", "wax_peak", "token_pruning", "keep_rate", "prune_layers", "n_local_crops", "local_crop_size",
                 "dino_out_dim", "eval_holdout_excluded")
 
 
