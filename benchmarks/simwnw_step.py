@@ -24,6 +24,7 @@ block matching's (``plan_pair``) CPU time as a share of the dense step's CPU tim
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import platform
 import statistics
@@ -62,11 +63,25 @@ def dense_step(model, x1, x2):
     simsiam_loss(model(x1), model(x2)).backward()
 
 
-def pair_step(model, x1, x2, g1, g2, executor: str, force: float | None = None, seed: int = 0):
+def parse_arm(spec: str) -> tuple[str, dict]:
+    """``lean`` or ``lean:wax_decision=spatial:max_rings=0``: an executor and SimWnWSettings overrides."""
+    name, *pairs = spec.split(":")
+    fields = {f.name: f.type for f in dataclasses.fields(SimWnWSettings)}
+    over = {}
+    for item in pairs:
+        key, _, value = item.partition("=")
+        if key not in fields or not value:
+            raise SystemExit(f"--executors: {item!r} in {spec!r} is not field=value of SimWnWSettings "
+                             f"({', '.join(fields)})")
+        over[key] = int(value) if value.lstrip("-").isdigit() else value
+    return spec, dict(over, executor=name)
+
+
+def pair_step(model, x1, x2, g1, g2, settings: SimWnWSettings, force: float | None = None, seed: int = 0):
     """One SimWnW step through the pair contract: ``plan_pair`` once, ``forward_pair(x1, x2, plan)``,
     loss, backward. Returns (step stats, seconds spent in ``plan_pair`` = block matching)."""
     model.zero_grad(set_to_none=True)
-    model.configure_pair_pruning(replace(model.pair_settings, executor=executor))
+    model.configure_pair_pruning(settings)
     t0 = time.process_time()
     plan = model.plan_pair(x1, x2, g1, g2)
     t_match = time.process_time() - t0
@@ -84,34 +99,41 @@ def pair_step(model, x1, x2, g1, g2, executor: str, force: float | None = None, 
                 removal=stats.removed_fraction_sum / stats.pairs), t_match
 
 
-def run_case(model, batch, executors, repeats, force):
+def run_case(model, batch, arms, repeats, force):
+    """``arms``: [(label, settings overrides)]; every repeat times dense, then each arm, back to back."""
     x1, x2, g1, g2 = batch
+    base = model.pair_settings
+    arms = [(label, replace(base, **over)) for label, over in arms]
     with FlopCounterMode(display=False) as counter:
         dense_step(model, x1, x2)
     dense_flops = float(counter.get_total_flops())
-    pair_step(model, x1, x2, g1, g2, executors[0], force)  # warm-up
-    times = {k: [] for k in ["dense", *executors]}
-    cpu = {k: [] for k in ["dense", *executors]}
-    stats, match_t = None, []
+    for _, settings in arms:
+        pair_step(model, x1, x2, g1, g2, settings, force)  # warm-up (and any executor calibration)
+    labels = [label for label, _ in arms]
+    times = {k: [] for k in ["dense", *labels]}
+    cpu = {k: [] for k in ["dense", *labels]}
+    stats, match_t = {}, {k: [] for k in labels}
     for _ in range(repeats):
         t, c = time.perf_counter(), time.process_time()
         dense_step(model, x1, x2)
         times["dense"].append(time.perf_counter() - t)
         cpu["dense"].append(time.process_time() - c)
-        for name in executors:
+        for label, settings in arms:
             t, c = time.perf_counter(), time.process_time()
-            stats, tm = pair_step(model, x1, x2, g1, g2, name, force)
-            times[name].append(time.perf_counter() - t)
-            cpu[name].append(time.process_time() - c)
-            match_t.append(tm)
-    flops_ratio = (dense_flops - (stats["dense_flops"] - stats["kept_flops"]) + stats["overhead_flops"]) / dense_flops
-    d = statistics.median(times["dense"])
-    return dict(times=times, cpu=cpu, dense=d, flops_ratio=flops_ratio, removal=stats["removal"],
-                match_pct=100 * statistics.median(match_t) / statistics.median(cpu["dense"]))
+            stats[label], tm = pair_step(model, x1, x2, g1, g2, settings, force)
+            times[label].append(time.perf_counter() - t)
+            cpu[label].append(time.process_time() - c)
+            match_t[label].append(tm)
+    model.configure_pair_pruning(base)
+    flops_ratio = {k: (dense_flops - (st["dense_flops"] - st["kept_flops"]) + st["overhead_flops"]) / dense_flops
+                   for k, st in stats.items()}
+    d = statistics.median(cpu["dense"])
+    return dict(times=times, cpu=cpu, flops_ratio=flops_ratio, removal=stats[labels[0]]["removal"],
+                match_pct={k: 100 * statistics.median(v) / d for k, v in match_t.items()})
 
 
 def match_cell(name: str, res: dict) -> str:
-    return "" if name == "dense" else f"{res['match_pct']:.2f}%"
+    return "" if name == "dense" else f"{res['match_pct'][name]:.2f}%"
 
 
 def main(argv=None):
@@ -122,7 +144,9 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--executors", default="reference,lean", help="comma-separated: reference, lean, auto")
+    p.add_argument("--executors", default="reference,lean",
+                   help="comma-separated arms: an executor (reference, lean, auto), optionally with SimWnWSettings "
+                        "overrides, e.g. lean:wax_decision=spatial or auto:max_rings=0")
     p.add_argument("--force-removal", default="", help="comma-separated input removal levels, e.g. 0.3,0.5,0.7 "
                                                        "(real block-matching masks are always measured)")
     p.add_argument("--psnr-threshold", type=float, default=20.0)
@@ -136,12 +160,12 @@ def main(argv=None):
     model.configure_pair_pruning(SimWnWSettings(psnr_threshold=args.psnr_threshold, **rings))
     cfg = model.pretrained_cfg
     batch = make_batch(args.source, args.batch, args.size, cfg["mean"], cfg["std"], seed=0)
-    executors = [e for e in args.executors.split(",") if e]
+    arms = [parse_arm(e) for e in args.executors.split(",") if e]
     levels = [None] + [float(v) for v in args.force_removal.split(",") if v]
     lines = []
     for force in levels:
-        res = run_case(model, batch, executors, args.repeats, force)
-        for name in ["dense", *executors]:
+        res = run_case(model, batch, arms, args.repeats, force)
+        for name in ["dense", *[label for label, _ in arms]]:
             ts = res["times"][name]
             ratios = [t / d for t, d in zip(ts, res["times"]["dense"])]  # per repeat: interleaved neighbours
             cpu_ratios = [t / d for t, d in zip(res["cpu"][name], res["cpu"]["dense"])]
@@ -151,7 +175,7 @@ def main(argv=None):
                          f"{statistics.median(ts):.2f} s ({min(ts):.2f}-{max(ts):.2f}) | "
                          f"**{statistics.median(ratios):.3f}** ({min(ratios):.2f}-{max(ratios):.2f}) | "
                          f"{statistics.median(cpu_ratios):.3f} ({min(cpu_ratios):.2f}-{max(cpu_ratios):.2f}) | "
-                         f"{1.0 if name == 'dense' else res['flops_ratio']:.3f} | {match_cell(name, res)} |")
+                         f"{1.0 if name == 'dense' else res['flops_ratio'][name]:.3f} | {match_cell(name, res)} |")
             print(lines[-1], flush=True)
     if args.out:
         with open(args.out, "a") as fh:

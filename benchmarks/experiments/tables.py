@@ -116,8 +116,15 @@ SENSITIVITY = Table(
          shared_with=("ssl_cnn", "simsiam_simwnw")),
      Arm("psnr25_b5", "PSNR 25 dB, block 5", "simsiam", ("--simwnw", "--psnr-threshold", "25", "--block-size", "5")),
      Arm("psnr20_b4", "PSNR 20 dB, block 4", "simsiam", ("--simwnw", "--psnr-threshold", "20", "--block-size", "4")),
-     Arm("psnr20_b8", "PSNR 20 dB, block 8", "simsiam", ("--simwnw", "--psnr-threshold", "20", "--block-size", "8"))),
-    {"cpu": CIFAR_CPU, "paper": CIFAR_PAPER}, baseline="dense")
+     Arm("psnr20_b8", "PSNR 20 dB, block 8", "simsiam", ("--simwnw", "--psnr-threshold", "20", "--block-size", "8")),
+     Arm("wax_spatial", "PSNR 20 dB, block 5, spatial waxing", "simsiam", ("--simwnw", "--wax-decision", "spatial")),
+     Arm("wax_spatial_map", "PSNR 20 dB, block 5, spatial waxing, map MAX", "simsiam",
+         ("--simwnw", "--wax-decision", "spatial", "--wax-peak", "map")),
+     Arm("wax_none", "PSNR 20 dB, block 5, no waxing (0 rings)", "simsiam", ("--simwnw", "--max-rings", "0"))),
+    {"cpu": CIFAR_CPU, "paper": CIFAR_PAPER}, baseline="dense",
+    reading="The waxing rows change only how rings are decided (simwnw_hf/simwnw/masks.py): per channel (the "
+            "paper's reading, the rows above), spatially over all channels, spatially with the whole map's MAX "
+            "in the PSNR, or not at all.")
 
 TABLES: Dict[str, Table] = {t.name: t for t in (SSL_CNN, VICREG, DINO, SENSITIVITY)}
 
