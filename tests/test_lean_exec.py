@@ -245,7 +245,7 @@ def test_wax_spatial_compact_equals_wax_on_matched_masks(peak):
 
 
 def test_select_executor_and_refusals():
-    assert select_executor("auto") is lean_forward_features
+    assert select_executor("lean") is lean_forward_features
     assert select_executor("reference") is masked_forward_features
     with pytest.raises(ValueError, match="unknown SimWnW executor"):
         select_executor("fast")

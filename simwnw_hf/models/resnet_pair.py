@@ -10,6 +10,8 @@ Two executors share this walker and compute the same numbers (``tests/test_lean_
   definition and the test oracle.
 * ``lean``: ``lean_exec`` mechanisms (compact masks, no re-zeroing of what is zero by
   construction, one-reduction BatchNorm with a fused ReLU). The default.
+* ``auto``: ``lean`` plus ``skip_exec``: 1x1 convs are computed at kept positions only where a
+  per-layer calibration on this machine measured that faster than the dense conv.
 
 Both have the signature ``executor(model, xs, removed, expand) -> (features, masks, trace)``;
 :func:`select_executor` maps a name (``reference``, ``lean``, ``auto``) to one. Masks returned by
@@ -26,20 +28,23 @@ import torch.nn as nn
 from timm.models.resnet import BasicBlock, Bottleneck
 
 from simwnw_hf.simwnw.lean_exec import lean_batch_norm, lean_conv2d, wax_compact, zero_by_mask
+from simwnw_hf.simwnw.skip_exec import default_cost_model
 from simwnw_hf.simwnw.masks import wane, wax
 from simwnw_hf.simwnw.masked_exec import (
     ConvRecord, Expand, MaskRecord, WaxRecord, masked_batch_norm, masked_conv2d, masked_max_pool2d, zero_removed,
 )
 
-__all__ = ["masked_forward_features", "lean_forward_features", "select_executor", "wax_for_executor", "EXECUTORS",
+__all__ = ["masked_forward_features", "lean_forward_features", "auto_forward_features", "select_executor",
+           "wax_for_executor", "EXECUTORS",
            "stage_masks"]
 
 
 class _Ops:
     """Per-executor layer operations on the lists of both views (``hs`` tensors, ``rs`` masks)."""
 
-    def __init__(self, lean: bool):
+    def __init__(self, lean: bool, cost_model=None):
         self.lean = lean
+        self.cost_model = cost_model  # skip_exec.SkipCostModel: skip 1x1 convs where measured faster (auto)
 
     def conv(self, name, conv, hs, rs, trace, image_input=False):
         if not isinstance(conv, nn.Conv2d):
@@ -47,7 +52,7 @@ class _Ops:
         ys, outs, active, kept, dense, input_grad = [], [], 0, 0, 0, False
         for h, r in zip(hs, rs):
             if self.lean:
-                y, r_out, a = lean_conv2d(conv, h, r, zero_input=image_input)
+                y, r_out, a = lean_conv2d(conv, h, r, zero_input=image_input, cost_model=self.cost_model)
             else:
                 y, r_out, a = masked_conv2d(conv, h, r)
             ys.append(y)
@@ -186,7 +191,7 @@ def _walk(ops: _Ops, model: nn.Module, xs: Sequence[torch.Tensor], removed: Sequ
     return hs, rs, trace
 
 
-_REFERENCE, _LEAN = _Ops(lean=False), _Ops(lean=True)
+_REFERENCE, _LEAN, _AUTO = _Ops(lean=False), _Ops(lean=True), _Ops(lean=True, cost_model=default_cost_model)
 
 
 def masked_forward_features(model: nn.Module, xs: Sequence[torch.Tensor], removed: Sequence[torch.Tensor],
@@ -211,18 +216,28 @@ def lean_forward_features(model: nn.Module, xs: Sequence[torch.Tensor], removed:
     return _walk(_LEAN, model, xs, removed, expand)
 
 
+def auto_forward_features(model: nn.Module, xs: Sequence[torch.Tensor], removed: Sequence[torch.Tensor],
+                          expand: Optional[Expand] = None, cost_model=None):
+    """:func:`lean_forward_features` that skips removed positions of 1x1 convs where that measured faster.
+
+    Per conv and kept share, ``skip_exec.default_cost_model`` times dense vs skipping once on this
+    machine (a short calibration the first time a case appears) and keeps the faster; everything else
+    runs as in the lean executor. Same numbers (to float rounding: a matrix product instead of the
+    conv kernel), same masks and trace. ``cost_model``: another ``SkipCostModel`` (tests, tuning).
+    """
+    return _walk(_AUTO if cost_model is None else _Ops(lean=True, cost_model=cost_model), model, xs, removed, expand)
+
+
 Executor = Callable[..., tuple]
-EXECUTORS = {"reference": masked_forward_features, "lean": lean_forward_features}
+EXECUTORS = {"reference": masked_forward_features, "lean": lean_forward_features, "auto": auto_forward_features}
 
 
 def select_executor(name: str) -> Executor:
-    """The pair-path executor called ``name``: ``reference``, ``lean`` or ``auto`` (fastest exact: lean).
+    """The pair-path executor called ``name``: ``reference``, ``lean`` or ``auto``.
 
     For ``--simwnw-executor``; every executor takes ``(model, xs, removed, expand)`` and returns
-    ``(features, masks, trace)``.
+    ``(features, masks, trace)``. ``auto`` is ``lean`` plus measured skipping of 1x1 convs.
     """
-    if name == "auto":
-        name = "lean"
     if name not in EXECUTORS:
         raise ValueError(f"unknown SimWnW executor {name!r}; choose one of reference, lean, auto")
     return EXECUTORS[name]

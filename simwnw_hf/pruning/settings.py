@@ -54,7 +54,9 @@ class SimWnWSettings:
     wax_peak: the feature-map PSNR's MAX: ``channel`` (default) or ``map`` (all channels of the map).
     executor: how the pair path runs (``models.resnet_pair.select_executor``): ``lean`` (default: the
         reference's numbers with less bookkeeping), ``reference`` (the definition, the test oracle) or
-        ``auto`` (the fastest exact executor; lean today). It changes time, never the numbers.
+        ``auto`` (lean, plus 1x1 convs computed at kept positions only where a per-layer calibration
+        on this machine measured that faster; ``simwnw.skip_exec``). It changes time, never the numbers
+        (beyond float rounding).
     """
 
     block_size: Optional[int] = None

@@ -40,13 +40,16 @@ def zero_by_mask(x: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
     return x * (~removed).to(x.dtype)
 
 
-def lean_conv2d(conv: nn.Conv2d, x: torch.Tensor, removed: torch.Tensor, zero_input: bool):
-    """``masked_conv2d`` for an input that is already zero at ``removed`` (unless ``zero_input``)."""
+def lean_conv2d(conv: nn.Conv2d, x: torch.Tensor, removed: torch.Tensor, zero_input: bool, cost_model=None):
+    """``masked_conv2d`` for an input that is already zero at ``removed`` (unless ``zero_input``).
+
+    ``cost_model``: a ``skip_exec.SkipCostModel``; where it says skipping pays, a 1x1 conv is
+    computed at kept output positions only (``skip_exec.skip_conv1x1``), else densely.
+    """
     if conv.groups != 1:
         raise NotImplementedError(f"masked execution supports groups=1 convs only, got groups={conv.groups}")
     if isinstance(conv.padding, str):
         raise NotImplementedError(f"masked execution needs numeric conv padding, got padding={conv.padding!r}")
-    y = conv(zero_by_mask(x, removed) if zero_input else x)
     act = active_inputs(removed, conv.kernel_size, conv.stride, conv.padding, conv.dilation)
     if act.shape[1] == 1:
         out_removed = ~act
@@ -54,6 +57,12 @@ def lean_conv2d(conv: nn.Conv2d, x: torch.Tensor, removed: torch.Tensor, zero_in
     else:
         out_removed = ~act.any(dim=1, keepdim=True)
         active = act.sum()
+    x_in = zero_by_mask(x, removed) if zero_input else x
+    if cost_model is not None and cost_model.use_skip(conv, x_in, out_removed):
+        from .skip_exec import skip_conv1x1
+
+        return skip_conv1x1(conv, x_in, out_removed), out_removed, active  # removed outputs are exactly 0
+    y = conv(x_in)
     if conv.bias is not None:
         y = zero_by_mask(y, out_removed)
     return y, out_removed, active
