@@ -12,6 +12,9 @@ from simwnw_hf.train.config import TrainConfig
     (lambda: SimWnWSettings(search_window=2.5), "search_window must be a positive integer"),
     (lambda: SimWnWSettings(psnr_threshold=float("nan")), "psnr_threshold must be a finite"),
     (lambda: SimWnWSettings(max_rings=-1), "max_rings"),
+    (lambda: SimWnWSettings(wax_decision="pooled"), "unknown waxing decision 'pooled'; choose one of channel, spatial"),
+    (lambda: SimWnWSettings(wax_peak="global"), "unknown waxing peak 'global'; choose one of channel, map"),
+    (lambda: TrainConfig(simwnw=True, wax_decision="all"), "unknown waxing decision"),
     (lambda: TokenPruningSettings("tome"), "--token-pruning must be one of simwnw, simprune, evit"),
     (lambda: TokenPruningSettings("evit", keep_rate=1.5), "keep_rate"),
     (lambda: TokenPruningSettings("simprune", prune_layers=()), "prune_layers"),
@@ -34,6 +37,15 @@ def test_resolution_fills_the_values_a_run_uses():
     assert cfg.pruning == SimWnWSettings(block_size=5, search_window=10, max_rings=1)
     assert TrainConfig(token_pruning="simprune", prune_layers=(3, 1)).pruning.prune_layers == (1, 3)
     assert TrainConfig().pruning is None and TrainConfig().pruning_method is None
+    spatial = TrainConfig(simwnw=True, wax_decision="spatial", wax_peak="map", simwnw_executor="auto").pruning
+    assert (spatial.wax_decision, spatial.wax_peak, spatial.executor) == ("spatial", "map", "auto")
+
+
+def test_waxing_choices_are_the_mechanism_choices():
+    from simwnw_hf.pruning import settings
+    from simwnw_hf.simwnw import masks
+
+    assert settings.WAX_DECISIONS == masks.WAX_DECISIONS and settings.WAX_PEAKS == masks.WAX_PEAKS
 
 
 @pytest.mark.parametrize("settings, ratios", [
