@@ -124,7 +124,10 @@ SENSITIVITY = Table(
     {"cpu": CIFAR_CPU, "paper": CIFAR_PAPER}, baseline="dense",
     reading="The waxing rows change only how rings are decided (simwnw_hf/simwnw/masks.py): per channel (the "
             "paper's reading, the rows above), spatially over all channels, spatially with the whole map's MAX "
-            "in the PSNR, or not at all.")
+            "in the PSNR, or not at all. In the committed table the waxing rows were trained later, one run at a "
+            "time, while the rows above ran three at a time on the same 2 cores: their step and CPU time ratios "
+            "are not comparable with the rows above (benchmarks/results/simwnw_step.md times the waxing choices "
+            "interleaved with dense); their FLOPs and accuracy are.")
 
 TABLES: Dict[str, Table] = {t.name: t for t in (SSL_CNN, VICREG, DINO, SENSITIVITY)}
 
