@@ -10,9 +10,10 @@ work kept is reported, overall and per stage, at two granularities:
   executor that skips whole positions can skip).
 
 Options: where waxing happens (the paper reading = every block input and inner 3x3 conv input;
-block inputs only; inner 3x3 inputs only; stage inputs only; none), the number of rings, and at
-224px a block size aligned to the network strides (32 instead of 30). Not covered here (need new
-mechanisms): all-channel (spatial) waxing decisions and other feature-map MAX choices.
+block inputs only; inner 3x3 inputs only; stage inputs only; none), the number of rings, how a ring
+is decided (per channel, the paper's reading, or spatially over all channels) and the PSNR's MAX
+(per channel or the whole map), and at 224px a block size aligned to the network strides (32
+instead of 30).
 
 Command for ``benchmarks/results/waxing_options.md``::
 
@@ -47,15 +48,15 @@ POINTS = {
 }
 
 
-def kept_shares(model, batch, block_size, rings, where):
+def kept_shares(model, batch, block_size, rings, where, decision="channel", peak="channel"):
     x1, x2, g1, g2 = batch
     with torch.no_grad():
         match = match_blocks(model._pixels(x1), model._pixels(x2), g1, g2, block_size=block_size)
         base = pair_expander(match.src_yx, match.match_yx, match.similar, match.block_size, tuple(x1.shape[-2:]),
-                             20.0, rings, wax_fn=wax_compact)
+                             20.0, rings, wax_fn=wax_compact, decision=decision, peak=peak)
 
-        def expand(name, hs, rs):
-            return base(name, hs, rs) if where(name) else (rs, 0.0)
+        def expand(name, hs, rs, **kw):
+            return base(name, hs, rs, **kw) if where(name) else (rs, 0.0)
 
         _, _, trace = lean_forward_features(model, [x1, x2], [match.mask1, match.mask2], expand)
     stages: dict = {}
@@ -79,11 +80,14 @@ def main(argv=None):
     p.add_argument("--block-sizes", default="", help="comma-separated block sides (default: the paper's)")
     p.add_argument("--checkpoint", default=None,
                    help="model.safetensors of a trained backbone (a training run's checkpoint-N/); default: random init")
+    p.add_argument("--model-args", default="{}", help="JSON kwargs of timm.create_model (e.g. a run's --model-args)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = timm.create_model(args.model, num_classes=0).train()
+    import json
+
+    model = timm.create_model(args.model, num_classes=0, **json.loads(args.model_args)).train()
     weights = "init"
     if args.checkpoint:
         from safetensors.torch import load_file
@@ -93,13 +97,16 @@ def main(argv=None):
     cfg = model.pretrained_cfg
     batch = make_batch(args.source, args.batch, args.size, cfg["mean"], cfg["std"], seed=0)
     blocks = [int(b) for b in args.block_sizes.split(",") if b] or [None]
-    cases = [(b, 2, k) for b in blocks for k in POINTS] + [(blocks[0], r, "paper: block inputs + inner 3x3")
-                                                           for r in (0, 1, 4)]
+    paper = "paper: block inputs + inner 3x3"
+    cases = ([(b, 2, k, "channel", "channel") for b in blocks for k in POINTS]
+             + [(blocks[0], r, paper, "channel", "channel") for r in (0, 1, 4)]
+             + [(b, r, paper, d, pk) for b in blocks for r in (2, 4)
+                for d, pk in (("spatial", "channel"), ("spatial", "map"), ("channel", "map"))])
     lines = []
-    for block, rings, point in cases:
-        removal, kept, spatial, per_stage = kept_shares(model, batch, block, rings, POINTS[point])
+    for block, rings, point, decision, peak in cases:
+        removal, kept, spatial, per_stage = kept_shares(model, batch, block, rings, POINTS[point], decision, peak)
         lines.append(f"| {args.model} {args.size}px b{args.batch} ({'trained' if args.checkpoint else 'init'}) | "
-                     f"{block or 'paper'} | {point} | {rings} | "
+                     f"{block or 'paper'} | {point} | {rings} | {decision} | {peak} | "
                      f"{removal:.3f} | **{kept:.3f}** | {spatial:.3f} | "
                      + " / ".join(f"{v:.3f}" for v in per_stage.values()) + " |")
         print(lines[-1], flush=True)

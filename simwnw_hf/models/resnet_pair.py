@@ -91,11 +91,15 @@ class _Ops:
         # lean: a fully removed window holds only zeros, so its max is already 0 (no re-zeroing)
         return [pool(h) for h in hs], [wane(r, pool.kernel_size, pool.stride, pool.padding, pool.dilation) for r in rs]
 
-    def wax(self, name, hs, rs, trace, expand: Optional[Expand]):
-        """Grow both views' masks at a waxing point and zero the newly removed activations."""
+    def wax(self, name, hs, rs, trace, expand: Optional[Expand], nonneg: bool = False):
+        """Grow both views' masks at a waxing point and zero the newly removed activations.
+
+        ``nonneg``: the maps are ReLU outputs; the lean executor lets waxing skip the peak's minimum.
+        """
         if expand is None or len(hs) != 2:
             return hs, rs
-        new, overhead = expand(name, list(hs), list(rs))
+        new, overhead = expand(name, list(hs), list(rs), nonneg=True) if self.lean and nonneg else \
+            expand(name, list(hs), list(rs))
         trace.append(WaxRecord(name, overhead))
         trace.append(MaskRecord(f"{name}:waxed", new[0], new[1]))
         if self.lean:  # zero only where the mask grew (same tensor back: nothing was added)
@@ -128,23 +132,27 @@ def _residual(ops: _Ops, block, branch, r_branch, hs, rs, trace, name, act):
     return ops.act(act, [b + s for b, s in zip(branch, short)], r_out), r_out
 
 
-def _basic_block(ops: _Ops, name: str, blk: BasicBlock, hs, rs, trace, expand):
+def _relu(act) -> bool:
+    return isinstance(act, nn.ReLU)
+
+
+def _basic_block(ops: _Ops, name: str, blk: BasicBlock, hs, rs, trace, expand, nonneg_in=False):
     _require_identity(blk, name)
-    hs, rs = ops.wax(f"{name}.conv1", hs, rs, trace, expand)  # block input: feeds conv1 and the shortcut
+    hs, rs = ops.wax(f"{name}.conv1", hs, rs, trace, expand, nonneg_in)  # block input: feeds conv1 and the shortcut
     a, ra = ops.conv(f"{name}.conv1", blk.conv1, hs, rs, trace)
     a = ops.bn_act(blk.bn1, blk.act1, a, ra, name)
-    a, ra = ops.wax(f"{name}.conv2", a, ra, trace, expand)
+    a, ra = ops.wax(f"{name}.conv2", a, ra, trace, expand, _relu(blk.act1))
     b, rb = ops.conv(f"{name}.conv2", blk.conv2, a, ra, trace)
     b = ops.bn_act(blk.bn2, None, b, rb, name)
     return _residual(ops, blk, b, rb, hs, rs, trace, name, blk.act2)
 
 
-def _bottleneck(ops: _Ops, name: str, blk: Bottleneck, hs, rs, trace, expand):
+def _bottleneck(ops: _Ops, name: str, blk: Bottleneck, hs, rs, trace, expand, nonneg_in=False):
     _require_identity(blk, name)
-    hs, rs = ops.wax(f"{name}.conv1", hs, rs, trace, expand)  # block input: feeds conv1 and the shortcut
+    hs, rs = ops.wax(f"{name}.conv1", hs, rs, trace, expand, nonneg_in)  # block input: feeds conv1 and the shortcut
     a, ra = ops.conv(f"{name}.conv1", blk.conv1, hs, rs, trace)
     a = ops.bn_act(blk.bn1, blk.act1, a, ra, name)
-    a, ra = ops.wax(f"{name}.conv2", a, ra, trace, expand)
+    a, ra = ops.wax(f"{name}.conv2", a, ra, trace, expand, _relu(blk.act1))
     b, rb = ops.conv(f"{name}.conv2", blk.conv2, a, ra, trace)
     b = ops.bn_act(blk.bn2, blk.act2, b, rb, name)
     c, rc = ops.conv(f"{name}.conv3", blk.conv3, b, rb, trace)
@@ -178,13 +186,16 @@ def _walk(ops: _Ops, model: nn.Module, xs: Sequence[torch.Tensor], removed: Sequ
     elif not isinstance(model.maxpool, nn.Identity):
         raise NotImplementedError(f"stem pooling {type(model.maxpool).__name__} is not supported")
     trace.append(MaskRecord("stem", rs[0], rs[1] if len(rs) > 1 else None))
+    nonneg = _relu(model.act1)  # the stem's ReLU (a max-pool of a map >= 0 is >= 0)
     for stage in ("layer1", "layer2", "layer3", "layer4"):
         for i, blk in enumerate(getattr(model, stage)):
             name = f"{stage}.{i}"
             if isinstance(blk, BasicBlock):
-                hs, rs = _basic_block(ops, name, blk, hs, rs, trace, expand)
+                hs, rs = _basic_block(ops, name, blk, hs, rs, trace, expand, nonneg)
+                nonneg = _relu(blk.act2)
             elif isinstance(blk, Bottleneck):
-                hs, rs = _bottleneck(ops, name, blk, hs, rs, trace, expand)
+                hs, rs = _bottleneck(ops, name, blk, hs, rs, trace, expand, nonneg)
+                nonneg = _relu(blk.act3)
             else:
                 raise NotImplementedError(f"{name}: block type {type(blk).__name__} is not supported")
         trace.append(MaskRecord(stage, rs[0], rs[1] if len(rs) > 1 else None))

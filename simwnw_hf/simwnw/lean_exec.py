@@ -149,10 +149,11 @@ def compact_mask(mask: torch.Tensor) -> torch.Tensor:
 
 def wax_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, removed2: torch.Tensor,
                 corr: Correspondence, psnr_threshold: float = 20.0, max_rings: int = 2,
-                decision: str = "channel", peak: str = "channel") -> WaxResult:
+                decision: str = "channel", peak: str = "channel", nonneg: bool = False) -> WaxResult:
     """``masks.wax`` with compact masks: the same removal, comparing ring pixels only.
 
-    ``decision="spatial"`` runs :func:`wax_spatial_compact`.
+    ``decision="spatial"`` runs :func:`wax_spatial_compact`. ``nonneg``: both maps are >= 0 (the
+    caller knows them to be ReLU outputs), so the peak needs no minimum.
 
     Only the pixels that lie in a ring of some channel (a thin band around the removed region) are
     gathered and compared, block sums are ``index_add`` over (image, block), and masks stay
@@ -161,7 +162,7 @@ def wax_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, remo
     """
     check_wax_inputs(h1, h2, corr, max_rings, decision, peak)
     if decision == "spatial":
-        return wax_spatial_compact(h1, h2, removed1, removed2, corr, psnr_threshold, max_rings, peak)
+        return wax_spatial_compact(h1, h2, removed1, removed2, corr, psnr_threshold, max_rings, peak, nonneg)
     bsz, ch, h, w = h1.shape
     zero = torch.zeros((), device=h1.device)
     if max_rings == 0 or corr.num_blocks == 0:
@@ -179,7 +180,7 @@ def wax_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, remo
         width = int(counts.max())
         if width == 0:
             return WaxResult(removed1, removed2, zero, zero + peak_flops)
-        mse_limit = wax_peak(a1, a2, peak).square().expand(bsz, ch) * 10.0 ** (-psnr_threshold / 10.0)  # (B, C)
+        mse_limit = wax_peak(a1, a2, peak, nonneg).square().expand(bsz, ch) * 10.0 ** (-psnr_threshold / 10.0)
         # the candidate pixels of each image first (padded to the widest image): gather/scatter along
         # the last dim stay fast kernels, unlike advanced indexing over (image, :, pixel)
         pos = torch.sort(cand.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]  # (B, P)
@@ -237,7 +238,7 @@ def wax_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, remo
 
 def wax_spatial_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, removed2: torch.Tensor,
                         corr: Correspondence, psnr_threshold: float = 20.0, max_rings: int = 2,
-                        peak: str = "channel") -> WaxResult:
+                        peak: str = "channel", nonneg: bool = False) -> WaxResult:
     """``masks.wax(decision="spatial")`` on ring pixels only, masks kept ``(B, 1, H, W)``.
 
     The ring band of the position mask is gathered once for all channels, each pixel's error is
@@ -261,7 +262,7 @@ def wax_spatial_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tens
         width = int(counts.max())
         if width == 0:
             return WaxResult(removed1, removed2, zero, zero + peak_flops)
-        pk = wax_peak(a1, a2, peak)  # (B, C) or (B, 1)
+        pk = wax_peak(a1, a2, peak, nonneg)  # (B, C) or (B, 1)
         inv = torch.where(pk > 0, 1.0 / pk, torch.zeros_like(pk))
         pos = torch.sort(cand.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]  # (B, P)
         real = torch.arange(width, device=h1.device)[None] < counts[:, None]

@@ -54,7 +54,8 @@ __all__ = [
     "masked_max_pool2d", "zero_removed", "Expand",
 ]
 
-# expand(name, [h1, h2], [removed1, removed2]) -> ([removed1, removed2], overhead_flops as float or 0-d tensor)
+# expand(name, [h1, h2], [removed1, removed2], nonneg=False) -> ([removed1, removed2], overhead_flops as float or
+# 0-d tensor); ``nonneg=True`` (passed by the lean executors only) says both maps are ReLU outputs
 Expand = Callable[[str, List[torch.Tensor], List[torch.Tensor]], Tuple[List[torch.Tensor], Union[float, torch.Tensor]]]
 
 

@@ -242,21 +242,29 @@ def check_wax_inputs(h1: torch.Tensor, h2: torch.Tensor, corr: "Correspondence",
         raise ValueError(f"correspondence is for {tuple(corr.owner.shape)} pixels, feature map is {bsz}x{h}x{w}")
 
 
-def wax_peak(a1: torch.Tensor, a2: torch.Tensor, peak: str = "channel") -> torch.Tensor:
-    """The PSNR's ``MAX`` of flat maps ``a1``/``a2`` (B, C, N): (B, C) per channel, or (B, 1) per map."""
-    p = torch.maximum(torch.maximum(-a1.amin(2), a1.amax(2)), torch.maximum(-a2.amin(2), a2.amax(2)))  # max |a|
+def wax_peak(a1: torch.Tensor, a2: torch.Tensor, peak: str = "channel", nonneg: bool = False) -> torch.Tensor:
+    """The PSNR's ``MAX`` of flat maps ``a1``/``a2`` (B, C, N): (B, C) per channel, or (B, 1) per map.
+
+    ``nonneg``: the caller knows both maps are >= 0 (ReLU outputs), so ``max |a| = max a`` and the
+    minimum pass is skipped (half the cost; the same number).
+    """
+    if nonneg:
+        p = torch.maximum(a1.amax(2), a2.amax(2))
+    else:
+        p = torch.maximum(torch.maximum(-a1.amin(2), a1.amax(2)), torch.maximum(-a2.amin(2), a2.amax(2)))  # max |a|
     return p.amax(1, keepdim=True) if peak == "map" else p
 
 
 def wax(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, removed2: torch.Tensor,
         corr: Correspondence, psnr_threshold: float = 20.0, max_rings: int = 2,
-        decision: str = "channel", peak: str = "channel") -> WaxResult:
+        decision: str = "channel", peak: str = "channel", nonneg: bool = False) -> WaxResult:
     """Grow the removed regions of both views ring by ring (§4.2.2), per channel or spatially.
 
     ``h1``/``h2``: (B, C, H, W) feature maps of the two views at one layer; ``removed1``/``removed2``:
     (B, C|1, H, W) bool masks at that layer; ``corr``: :func:`block_correspondence` at (H, W).
     ``decision``/``peak``: see the module docstring. Returns (B, C, H, W) masks. Masks never shrink.
-    No gradient flows through the decision.
+    No gradient flows through the decision. ``nonneg`` (a hint fast twins use: both maps are >= 0)
+    is ignored here: the definition always takes ``max |a|``.
     """
     check_wax_inputs(h1, h2, corr, max_rings, decision, peak)
     if decision == "spatial":
@@ -354,15 +362,17 @@ def pair_expander(src_yx: torch.Tensor, match_yx: torch.Tensor, similar: torch.T
     for one forward call only (nothing is stored on the model). ``wax_fn``: :func:`wax` (default) or
     ``lean_exec.wax_compact`` (same removal, masks kept (B, 1, H, W) where they agree over channels);
     ``decision``/``peak``: per-channel or spatial ring decisions and the PSNR's MAX (module docstring).
+    The callback's ``nonneg`` (the executor knows both maps are ReLU outputs) is passed to ``wax_fn``.
     """
     cache: dict = {}
     wax_fn = wax if wax_fn is None else wax_fn
 
-    def expand(name: str, hs: list, rs: list):
+    def expand(name: str, hs: list, rs: list, nonneg: bool = False):
         hw = tuple(hs[0].shape[-2:])
         if hw not in cache:
             cache[hw] = block_correspondence(src_yx, match_yx, similar, block_size, image_hw, hw)
-        res = wax_fn(hs[0], hs[1], rs[0], rs[1], cache[hw], psnr_threshold, max_rings, decision=decision, peak=peak)
+        res = wax_fn(hs[0], hs[1], rs[0], rs[1], cache[hw], psnr_threshold, max_rings, decision=decision, peak=peak,
+                     nonneg=nonneg)
         return [res.removed1, res.removed2], res.overhead_flops
 
     return expand
