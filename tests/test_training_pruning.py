@@ -47,13 +47,16 @@ def _check_stats_reach_every_output(tmp_path, summary, lines, ratios):
     return saved
 
 
-def test_simwnw_resnet_stats_reach_metrics_summary_and_record(tmp_path):
+@pytest.mark.parametrize("options", [{}, {"wax_decision": "spatial", "wax_peak": "map", "simwnw_executor": "auto"}])
+def test_simwnw_resnet_stats_reach_metrics_summary_and_record(tmp_path, options):
     summary, lines = run(tmp_path, framework="simsiam", model="simwnw_resnet18_cifar", simwnw=True,
-                         model_args='{"channels": [8, 16, 16, 16]}')
+                         model_args='{"channels": [8, 16, 16, 16]}', **options)
     saved = _check_stats_reach_every_output(tmp_path, summary, lines, ("removal_ratio",))
-    # the resolved settings are recorded: 5 px blocks and a 10 px window at 32 px, and max_rings
+    # the resolved settings are recorded: 5 px blocks and a 10 px window at 32 px, max_rings, waxing, executor
     assert saved["pruning"] == {"method": "simwnw", "block_size": 5, "psnr_threshold": 20.0, "search_window": 10,
-                                "max_rings": 2, "executor": "lean"}
+                                "max_rings": 2, "executor": options.get("simwnw_executor", "lean"),
+                                "wax_decision": options.get("wax_decision", "channel"),
+                                "wax_peak": options.get("wax_peak", "channel")}
 
 
 @pytest.mark.parametrize("method", ["simwnw", "simprune", "evit"])
