@@ -113,16 +113,22 @@ class SkipCostModel:
         probe.weight = nn.Parameter(weight)
         bsz, _, h, w = x.shape
         ho, wo = (h - 1) // conv.stride[0] + 1, (w - 1) // conv.stride[1] + 1
-        removed = (torch.rand(bsz, 1, ho, wo, generator=gen) >= kept).to(x.device)
+        removed = (torch.rand(bsz, 1, ho, wo, generator=gen) >= kept).to(x.device)  # random positions at that share
         up = removed.repeat_interleave(conv.stride[0], 2).repeat_interleave(conv.stride[1], 3)[..., :h, :w]
         data = (torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device) * (~up)).detach()
         grad = torch.randn(bsz, conv.out_channels, ho, wo, generator=gen, dtype=x.dtype).to(x.device)
 
+        def sync():  # accelerator kernels run asynchronously: time them to completion
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+
         def run(skip: bool) -> float:
             xi = data.clone().requires_grad_(True)
+            sync()
             t0 = time.perf_counter()
             y = skip_conv1x1(probe, xi, removed) if skip else F.conv2d(xi, probe.weight, None, probe.stride)
             y.backward(grad)
+            sync()
             return time.perf_counter() - t0
 
         run(False), run(True)  # warm-up
