@@ -147,6 +147,22 @@ def compact_mask(mask: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+def _ring_band(cand: torch.Tensor):
+    """Flat positions of each image's ring-band pixels ``cand`` (B, N), padded to the widest image.
+
+    Returns ``(pos, real, width)``: ``pos`` (B, P) positions (candidates first), ``real`` (B, P) marks
+    the non-padding ones; None when no image has a candidate. Candidates come first per image so that
+    gather/scatter along the last dim stay fast kernels, unlike advanced indexing over (image, :, pixel).
+    """
+    counts = cand.sum(dim=1)
+    width = int(counts.max())
+    if width == 0:
+        return None
+    pos = torch.sort(cand.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]
+    real = torch.arange(width, device=cand.device)[None] < counts[:, None]
+    return pos, real, width
+
+
 def wax_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, removed2: torch.Tensor,
                 corr: Correspondence, psnr_threshold: float = 20.0, max_rings: int = 2,
                 decision: str = "channel", peak: str = "channel", nonneg: bool = False) -> WaxResult:
@@ -175,16 +191,11 @@ def wax_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, remo
         r1 = removed1.reshape(bsz, c1, h * w)
         r2 = removed2.reshape(bsz, c2, h * w)
         dist = ring_distance(removed1, max_rings).reshape(bsz, c1, h * w)
-        cand = ((dist >= 1) & (dist <= max_rings)).any(dim=1) & corr.valid  # pixels in a ring of some channel
-        counts = cand.sum(dim=1)
-        width = int(counts.max())
-        if width == 0:
+        band = _ring_band(((dist >= 1) & (dist <= max_rings)).any(dim=1) & corr.valid)  # in a ring of some channel
+        if band is None:
             return WaxResult(removed1, removed2, zero, zero + peak_flops)
+        pos, real, width = band
         mse_limit = wax_peak(a1, a2, peak, nonneg).square().expand(bsz, ch) * 10.0 ** (-psnr_threshold / 10.0)
-        # the candidate pixels of each image first (padded to the widest image): gather/scatter along
-        # the last dim stay fast kernels, unlike advanced indexing over (image, :, pixel)
-        pos = torch.sort(cand.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]  # (B, P)
-        real = torch.arange(width, device=h1.device)[None] < counts[:, None]  # (B, P) not padding
         tgt = corr.target.gather(1, pos)
         nb = corr.num_blocks
         slot = (torch.arange(bsz, device=h1.device)[:, None] * nb + corr.owner.gather(1, pos).clamp(min=0)).reshape(-1)
@@ -257,15 +268,12 @@ def wax_spatial_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tens
         a2 = h2.detach().float().reshape(bsz, ch, h * w)
         peak_flops = PEAK_FLOPS * 2 * a1.numel()
         dist = ring_distance(p1, max_rings).reshape(bsz, h * w)
-        cand = (dist >= 1) & (dist <= max_rings) & corr.valid
-        counts = cand.sum(dim=1)
-        width = int(counts.max())
-        if width == 0:
+        band = _ring_band((dist >= 1) & (dist <= max_rings) & corr.valid)
+        if band is None:
             return WaxResult(removed1, removed2, zero, zero + peak_flops)
+        pos, real, width = band
         pk = wax_peak(a1, a2, peak, nonneg)  # (B, C) or (B, 1)
         inv = torch.where(pk > 0, 1.0 / pk, torch.zeros_like(pk))
-        pos = torch.sort(cand.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]  # (B, P)
-        real = torch.arange(width, device=h1.device)[None] < counts[:, None]
         tgt = corr.target.gather(1, pos)
         diff = a1.gather(2, pos[:, None, :].expand(bsz, ch, width)) - a2.gather(2, tgt[:, None, :].expand(bsz, ch, width))
         err = (diff * inv[..., None]).square().sum(dim=1).reshape(-1)  # (B*P,): normalised, summed over channels
