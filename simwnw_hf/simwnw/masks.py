@@ -267,17 +267,17 @@ def wax(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, removed2: to
     is ignored here: the definition always takes ``max |a|``.
     """
     check_wax_inputs(h1, h2, corr, max_rings, decision, peak)
-    if decision == "spatial":
-        return _wax_spatial(h1, h2, removed1, removed2, corr, psnr_threshold, max_rings, peak)
     bsz, ch, h, w = h1.shape
     r1 = removed1.expand(bsz, ch, h, w)
     r2 = removed2.expand(bsz, ch, h, w)
     if max_rings == 0 or corr.num_blocks == 0:
         zero = torch.zeros((), device=h1.device)
         return WaxResult(r1.clone(), r2.clone(), zero, zero)
+    a1 = h1.detach().float().reshape(bsz, ch, h * w)
+    a2 = h2.detach().float().reshape(bsz, ch, h * w)
+    if decision == "spatial":
+        return _wax_spatial(a1, a2, r1, r2, corr, psnr_threshold, max_rings, peak)
     with torch.no_grad():
-        a1 = h1.detach().float().reshape(bsz, ch, h * w)
-        a2 = h2.detach().float().reshape(bsz, ch, h * w)
         mse_limit = wax_peak(a1, a2, peak).square().expand(bsz, ch) * 10.0 ** (-psnr_threshold / 10.0)
         target = corr.target[:, None, :].expand(bsz, ch, h * w)  # (B, C, H*W)
         owner = corr.owner.clamp(min=0)[:, None, :].expand(bsz, ch, h * w)
@@ -305,24 +305,19 @@ def wax(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, removed2: to
     return WaxResult(new1.view(bsz, ch, h, w), new2.view(bsz, ch, h, w), compared, flops)
 
 
-def _wax_spatial(h1, h2, removed1, removed2, corr: Correspondence, psnr_threshold: float, max_rings: int,
+def _wax_spatial(a1, a2, r1, r2, corr: Correspondence, psnr_threshold: float, max_rings: int,
                  peak: str) -> WaxResult:
     """``wax(decision="spatial")``: one decision per (image, block, ring) over all channels.
 
     Spelled out over full maps (every pixel, every channel), as the definition: rings of the
     positions removed in every channel; each channel's squared error divided by its ``MAX^2``
     (``peak``); a ring part passes while the normalised errors summed over channels and compared
-    pixels are at most ``10^(-threshold/10)`` per (channel, pixel) pair.
+    pixels are at most ``10^(-threshold/10)`` per (channel, pixel) pair. ``a1``/``a2``: the flat maps
+    (B, C, H*W); ``r1``/``r2``: the masks expanded to (B, C, H, W).
     """
-    bsz, ch, h, w = h1.shape
-    r1 = removed1.expand(bsz, ch, h, w)
-    r2 = removed2.expand(bsz, ch, h, w)
-    if max_rings == 0 or corr.num_blocks == 0:
-        zero = torch.zeros((), device=h1.device)
-        return WaxResult(r1.clone(), r2.clone(), zero, zero)
+    bsz, ch, h, w = r1.shape
+    dev = a1.device
     with torch.no_grad():
-        a1 = h1.detach().float().reshape(bsz, ch, h * w)
-        a2 = h2.detach().float().reshape(bsz, ch, h * w)
         pk = wax_peak(a1, a2, peak).expand(bsz, ch)
         inv = torch.where(pk > 0, 1.0 / pk, torch.zeros_like(pk))  # a dead channel (MAX = 0) adds no error
         limit = 10.0 ** (-psnr_threshold / 10.0)
@@ -333,18 +328,18 @@ def _wax_spatial(h1, h2, removed1, removed2, corr: Correspondence, psnr_threshol
         r2_at = pos2.gather(1, corr.target)
         owner = corr.owner.clamp(min=0)
         dist = ring_distance(pos1.view(bsz, 1, h, w), max_rings).reshape(bsz, h * w)
-        alive = torch.ones(bsz, corr.num_blocks, dtype=torch.bool, device=h1.device)
-        add1 = torch.zeros(bsz, h * w, dtype=torch.bool, device=h1.device)
-        compared = torch.zeros((), device=h1.device)
+        alive = torch.ones(bsz, corr.num_blocks, dtype=torch.bool, device=dev)
+        add1 = torch.zeros(bsz, h * w, dtype=torch.bool, device=dev)
+        compared = torch.zeros((), device=dev)
         for k in range(1, max_rings + 1):
             ring = (dist == k) & corr.valid & alive.gather(1, owner)
             compare = ring & ~r2_at
-            se = torch.zeros(bsz, corr.num_blocks, device=h1.device).scatter_add_(1, owner, norm_err * compare)
+            se = torch.zeros(bsz, corr.num_blocks, device=dev).scatter_add_(1, owner, norm_err * compare)
             cnt = torch.zeros_like(se).scatter_add_(1, owner, compare.float())
             alive = alive & (se <= limit * ch * cnt)  # per (image, block)
             add1 |= ring & alive.gather(1, owner)
             compared += cnt.sum() * ch
-        add2 = torch.zeros(bsz, h * w, dtype=torch.uint8, device=h1.device).scatter_reduce(
+        add2 = torch.zeros(bsz, h * w, dtype=torch.uint8, device=dev).scatter_reduce(
             1, torch.where(add1, corr.target, 0), add1.to(torch.uint8), reduce="amax").bool()
         new1 = r1 | add1.view(bsz, 1, h, w)
         new2 = r2 | add2.view(bsz, 1, h, w)
