@@ -200,14 +200,20 @@ def test_lean_batch_norm_equals_reference(momentum):
     assert float(grads[0][0][1].abs().sum()) > 0
 
 
-def test_wax_compact_equals_wax_on_matched_masks():
+def _wax_case(c=6, h=12, w=12, blk=4):
+    """Block-matched masks at a 2x-strided 12x12 feature map, its correspondence, and a view-1 map."""
     torch.manual_seed(5)
-    b, c, h, w, blk = 2, 6, 12, 12, 4
+    b = 2
     src, match, similar = _matched(b, 24, 24, 8, seed=6)
     corr = block_correspondence(src, match, similar, 8, (24, 24), (h, w))
     r1 = _paint(src.expand(b, -1, -1) // 2, similar, blk, h, w)[:, None]
     r2 = _paint(match // 2, similar, blk, h, w)[:, None]
-    h1 = torch.randn(b, c, h, w)
+    return corr, r1, r2, torch.randn(b, c, h, w)
+
+
+def test_wax_compact_equals_wax_on_matched_masks():
+    corr, r1, r2, h1 = _wax_case()
+    b, c, h, w = h1.shape
     h2 = h1 + 0.3 * torch.randn_like(h1) * torch.rand(1, c, 1, 1)  # some channels similar
     r1c = r1.expand(b, c, h, w).clone()
     r1c[:, ::2, :3] = True  # per-channel input masks too
@@ -221,13 +227,8 @@ def test_wax_compact_equals_wax_on_matched_masks():
 
 @pytest.mark.parametrize("peak", ["channel", "map"])
 def test_wax_spatial_compact_equals_wax_on_matched_masks(peak):
-    torch.manual_seed(5)
-    b, c, h, w, blk = 2, 6, 12, 12, 4
-    src, match, similar = _matched(b, 24, 24, 8, seed=6)
-    corr = block_correspondence(src, match, similar, 8, (24, 24), (h, w))
-    r1 = _paint(src.expand(b, -1, -1) // 2, similar, blk, h, w)[:, None]
-    r2 = _paint(match // 2, similar, blk, h, w)[:, None]
-    h1 = torch.randn(b, c, h, w)
+    corr, r1, r2, h1 = _wax_case()
+    b, c, h, w = h1.shape
     h2 = h1 + 0.3 * torch.randn_like(h1) * torch.rand(1, c, 1, 1)
     h1[:, 0] = 0  # a dead channel
     h2[:, 0] = 0
