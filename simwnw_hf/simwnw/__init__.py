@@ -1,4 +1,5 @@
-"""SimWnW for CNNs (paper §4): block matching and removal masks, waxing-and-waning, masked execution mechanisms.
+"""SimWnW for CNNs (paper §4): block matching and removal masks, waxing-and-waning, masked execution mechanisms
+(reference ``masked_exec``, lean ``lean_exec``, 1x1 skipping ``skip_exec``).
 
 The ResNet walkers that apply them live in ``simwnw_hf.models.resnet_pair`` (model-family adapter).
 """
@@ -18,5 +19,6 @@ from .block_matching import (  # noqa: F401
 )
 from .masks import wane, wax, block_correspondence, pair_expander  # noqa: F401  (§4.2)
 from .masked_exec import masked_batch_norm, masked_conv2d  # noqa: F401
-from .lean_exec import lean_batch_norm, lean_conv2d, wax_compact  # noqa: F401
+from .lean_exec import lean_batch_norm, lean_conv2d, wax_compact, wax_spatial_compact  # noqa: F401
+from .skip_exec import SkipCostModel, skip_conv1x1  # noqa: F401  (the auto executor's 1x1 skipping)
 from .flops import dense_model_flops, trace_flops  # noqa: F401
