@@ -18,8 +18,6 @@ paper's block for the size, search window 2x block, step 1; ViTs: block = step =
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import statistics
 import time
 
@@ -34,7 +32,8 @@ from simwnw_hf.simwnw.block_matching import match_blocks, match_pixels
 from simwnw_hf.simwnw.matching_reference import match_blocks_reference
 from simwnw_hf.ssl.pair import plan_pair
 
-from simwnw_step import make_batch  # noqa: E402  (benchmarks/ is the script directory)
+from report_rows import append_rows  # noqa: E402  (benchmarks/ is the script directory)
+from simwnw_step import make_batch  # noqa: E402
 
 
 def dense_step(model, x1, x2):
@@ -110,10 +109,7 @@ def main(argv=None):
     for line in lines:
         print(line, flush=True)
     if args.out:
-        with open(args.out, "a") as fh:
-            fh.write(f"\n<!-- {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
-                     f"torch {torch.__version__}, {args.rounds} rounds -->\n")
-            fh.write("\n".join(lines) + "\n")
+        append_rows(args.out, lines, f"{args.rounds} rounds")
     return identical
 
 

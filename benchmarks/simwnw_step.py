@@ -18,15 +18,14 @@ Rows report the median step time with its min-max over repeats, and the median (
 repeats of the ratio to the dense step of the same repeat (neighbours in time, so drift cancels).
 ``cpu ratio`` is the same ratio of process CPU time (``time.process_time``, all threads): on a
 shared machine it is less sensitive than wall time to other jobs taking the cores. ``match`` is
-block matching's (``plan_pair``) CPU time as a share of the dense step's CPU time (medians). Commands for ``benchmarks/results/simwnw_step.md`` are in that file.
+block matching's (``plan_pair``) CPU time as a share of the dense step's CPU time (medians). ``--profile ARM``
+prints torch.profiler's self-CPU tables of one dense step and one step of that arm instead of timing. Commands for ``benchmarks/results/simwnw_step.md`` are in that file.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import platform
 import statistics
 import time
 from dataclasses import replace
@@ -42,6 +41,8 @@ from simwnw_hf.data.datasets import load_image_dataset
 from simwnw_hf.data.views import TwoViewTransform
 from simwnw_hf.pruning.settings import SimWnWSettings
 from simwnw_hf.simwnw.block_matching import removal_masks
+
+from report_rows import append_rows  # noqa: E402  (benchmarks/ is the script directory)
 
 
 def simsiam_loss(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
@@ -132,6 +133,20 @@ def run_case(model, batch, arms, repeats, force):
                 match_pct={k: 100 * statistics.median(v) / d for k, v in match_t.items()})
 
 
+def profile_steps(model, batch, overrides: dict, rows: int = 20):
+    """Print torch.profiler's self-CPU table of one dense step and one step of the arm (after a warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x1, x2, g1, g2 = batch
+    settings = replace(model.pair_settings, **overrides)
+    steps = {"dense": lambda: dense_step(model, x1, x2), "arm": lambda: pair_step(model, x1, x2, g1, g2, settings)}
+    for name, step in steps.items():
+        step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        print(f"== {name}\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
 def match_cell(name: str, res: dict) -> str:
     return "" if name == "dense" else f"{res['match_pct'][name]:.2f}%"
 
@@ -151,6 +166,8 @@ def main(argv=None):
                                                        "(real block-matching masks are always measured)")
     p.add_argument("--psnr-threshold", type=float, default=20.0)
     p.add_argument("--max-rings", type=int, default=None, help="waxing rings (default: SimWnWSettings' 2; 0 = no waxing)")
+    p.add_argument("--profile", default=None, metavar="ARM",
+                   help="instead of timing: torch.profiler self-CPU tables of one dense step and one step of ARM")
     p.add_argument("--out", default=None, help="append a markdown table here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -161,6 +178,8 @@ def main(argv=None):
     cfg = model.pretrained_cfg
     batch = make_batch(args.source, args.batch, args.size, cfg["mean"], cfg["std"], seed=0)
     arms = [parse_arm(e) for e in args.executors.split(",") if e]
+    if args.profile:
+        return profile_steps(model, batch, parse_arm(args.profile)[1])
     levels = [None] + [float(v) for v in args.force_removal.split(",") if v]
     lines = []
     for force in levels:
@@ -178,10 +197,7 @@ def main(argv=None):
                          f"{1.0 if name == 'dense' else res['flops_ratio'][name]:.3f} | {match_cell(name, res)} |")
             print(lines[-1], flush=True)
     if args.out:
-        with open(args.out, "a") as fh:
-            fh.write(f"\n<!-- {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
-                     f"torch {torch.__version__} -->\n")
-            fh.write("\n".join(lines) + "\n")
+        append_rows(args.out, lines)
     return lines
 
 

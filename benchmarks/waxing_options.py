@@ -38,6 +38,7 @@ from simwnw_hf.simwnw.lean_exec import wax_compact
 from simwnw_hf.simwnw.masked_exec import ConvRecord
 from simwnw_hf.simwnw.masks import pair_expander
 
+from report_rows import append_rows  # noqa: E402  (benchmarks/ is the script directory)
 from simwnw_step import make_batch  # noqa: E402  (same batch recipe as the step benchmark)
 
 POINTS = {
@@ -111,8 +112,7 @@ def main(argv=None):
                      + " / ".join(f"{v:.3f}" for v in per_stage.values()) + " |")
         print(lines[-1], flush=True)
     if args.out:
-        with open(args.out, "a") as fh:
-            fh.write(f"\n<!-- weights: {weights} -->\n" + "\n".join(lines) + "\n")
+        append_rows(args.out, lines, f"weights: {weights}")
 
 
 if __name__ == "__main__":

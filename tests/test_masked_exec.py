@@ -145,7 +145,7 @@ def test_waxing_removes_from_the_feature_map_including_the_shortcut():
     none = torch.zeros(2, 16, 16, dtype=torch.bool)
     calls = []
 
-    def expand(name, hs, rs):
+    def expand(name, hs, rs, nonneg=False):
         calls.append(name)
         full = name == "layer2.0.conv1"
         return [r | full for r in rs], torch.tensor(7.0)

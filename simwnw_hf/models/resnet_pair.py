@@ -94,12 +94,11 @@ class _Ops:
     def wax(self, name, hs, rs, trace, expand: Optional[Expand], nonneg: bool = False):
         """Grow both views' masks at a waxing point and zero the newly removed activations.
 
-        ``nonneg``: the maps are ReLU outputs; the lean executor lets waxing skip the peak's minimum.
+        ``nonneg``: the maps are ReLU outputs, so fast waxing may skip the peak's minimum.
         """
         if expand is None or len(hs) != 2:
             return hs, rs
-        new, overhead = expand(name, list(hs), list(rs), nonneg=True) if self.lean and nonneg else \
-            expand(name, list(hs), list(rs))
+        new, overhead = expand(name, list(hs), list(rs), nonneg=nonneg)
         trace.append(WaxRecord(name, overhead))
         trace.append(MaskRecord(f"{name}:waxed", new[0], new[1]))
         if self.lean:  # zero only where the mask grew (same tensor back: nothing was added)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from .masked_exec import masked_batch_norm
 from .masks import (PEAK_FLOPS, PSNR_PAIR_FLOPS, Correspondence, WaxResult, active_inputs, check_wax_inputs,
                     ring_distance, wax_peak)
+from .skip_exec import skip_conv1x1
 
 __all__ = ["lean_conv2d", "lean_batch_norm", "wax_compact", "wax_spatial_compact", "compact_mask", "zero_by_mask"]
 
@@ -59,8 +60,6 @@ def lean_conv2d(conv: nn.Conv2d, x: torch.Tensor, removed: torch.Tensor, zero_in
         active = act.sum()
     x_in = zero_by_mask(x, removed) if zero_input else x
     if cost_model is not None and cost_model.use_skip(conv, x_in, out_removed):
-        from .skip_exec import skip_conv1x1
-
         return skip_conv1x1(conv, x_in, out_removed), out_removed, active  # removed outputs are exactly 0
     y = conv(x_in)
     if conv.bias is not None:
@@ -176,9 +175,9 @@ def wax_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, remo
     ``(B, 1, H, W)`` when they were and no ring passes in any channel (or when all channels agree).
     Returned masks may be ``(B, 1, H, W)``; expanded over channels they equal ``wax``'s.
     """
-    check_wax_inputs(h1, h2, corr, max_rings, decision, peak)
-    if decision == "spatial":
+    if decision == "spatial":  # checks its inputs itself
         return wax_spatial_compact(h1, h2, removed1, removed2, corr, psnr_threshold, max_rings, peak, nonneg)
+    check_wax_inputs(h1, h2, corr, max_rings, decision, peak)
     bsz, ch, h, w = h1.shape
     zero = torch.zeros((), device=h1.device)
     if max_rings == 0 or corr.num_blocks == 0:

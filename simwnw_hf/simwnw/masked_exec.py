@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 # expand(name, [h1, h2], [removed1, removed2], nonneg=False) -> ([removed1, removed2], overhead_flops as float or
-# 0-d tensor); ``nonneg=True`` (passed by the lean executors only) says both maps are ReLU outputs
+# 0-d tensor); ``nonneg=True`` says both maps are ReLU outputs (a hint: the result must not depend on it)
 Expand = Callable[[str, List[torch.Tensor], List[torch.Tensor]], Tuple[List[torch.Tensor], Union[float, torch.Tensor]]]
 
 

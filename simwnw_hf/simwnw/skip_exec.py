@@ -107,10 +107,9 @@ class SkipCostModel:
     def _measure(self, conv: nn.Conv2d, x: torch.Tensor, kept: float) -> Tuple[float, float]:
         """Median forward+backward milliseconds of dense and skipping at ``kept``, interleaved."""
         gen = torch.Generator().manual_seed(0)
-        weight = conv.weight.detach().clone().requires_grad_(True)
         probe = nn.Conv2d(conv.in_channels, conv.out_channels, 1, stride=conv.stride, bias=False,
                           device=x.device, dtype=x.dtype)
-        probe.weight = nn.Parameter(weight)
+        probe.weight = nn.Parameter(conv.weight.detach().clone())
         bsz, _, h, w = x.shape
         ho, wo = (h - 1) // conv.stride[0] + 1, (w - 1) // conv.stride[1] + 1
         removed = (torch.rand(bsz, 1, ho, wo, generator=gen) >= kept).to(x.device)  # random positions at that share
