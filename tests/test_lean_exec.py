@@ -12,7 +12,7 @@ from timm.models.resnet import BasicBlock, Bottleneck
 from simwnw_hf.models.resnet import SimWnWResNet
 from simwnw_hf.models.resnet_pair import lean_forward_features, masked_forward_features, select_executor
 from simwnw_hf.simwnw.flops import trace_flops
-from simwnw_hf.simwnw.lean_exec import lean_batch_norm, wax_compact
+from simwnw_hf.simwnw.lean_exec import lean_batch_norm, wax_compact, zero_by_mask, zero_relu_output_, zeroable_relu
 from simwnw_hf.simwnw.masked_exec import MaskRecord, masked_batch_norm
 from simwnw_hf.simwnw.masks import block_correspondence, pair_expander, wax
 
@@ -198,6 +198,33 @@ def test_lean_batch_norm_equals_reference(momentum):
             torch.testing.assert_close(c, a)
         grads.append(outs)
     assert float(grads[0][0][1].abs().sum()) > 0
+
+
+@pytest.mark.parametrize("producer", ["bn_train", "bn_eval", "bn_per_channel_mask", "residual"])
+def test_in_place_zeroing_of_relu_outputs_equals_multiplying(producer):
+    """``zero_relu_output_`` (in place, no graph node) gives the gradients of ``zero_by_mask``'s multiply,
+    for every output the walker zeroes that way; and the value it zeroes is the one later ops read."""
+    torch.manual_seed(7)
+    removed = torch.rand(3, 4 if producer == "bn_per_channel_mask" else 1, 5, 7) < 0.3
+    grown = removed | (torch.rand(3, 1, 5, 7) < 0.3)  # waxing grows the mask
+    x = (torch.randn(3, 4, 5, 7, dtype=torch.float64) + 0.3).masked_fill(removed, 0)
+    other = torch.randn(3, 4, 5, 7, dtype=torch.float64)
+    weight = torch.arange(3 * 4 * 5 * 7, dtype=torch.float64).view(3, 4, 5, 7).cos()
+    results = []
+    for in_place in (False, True):
+        torch.manual_seed(8)
+        bn = nn.BatchNorm2d(4).double().train(producer != "bn_eval")
+        xi, oi = x.clone().requires_grad_(True), other.clone().requires_grad_(True)
+        y = zeroable_relu(xi, oi) if producer == "residual" else lean_batch_norm(bn, xi, removed, relu=True)
+        z = zero_relu_output_(y, grown) if in_place else zero_by_mask(y, grown)
+        ((z * 2) * weight).sum().backward()  # a later op that saves its input (mul) and reads z
+        results.append((z.detach(), xi.grad, oi.grad, bn.weight.grad))
+    for a, b in zip(*results):
+        if a is None:
+            assert b is None
+        else:
+            torch.testing.assert_close(b, a, rtol=0, atol=0)
+    assert float(results[1][1].abs().sum()) > 0 and not results[1][0][grown.expand_as(results[1][0])].any()
 
 
 def _wax_case(c=6, h=12, w=12, blk=4):

@@ -27,7 +27,8 @@ import torch
 import torch.nn as nn
 from timm.models.resnet import BasicBlock, Bottleneck
 
-from simwnw_hf.simwnw.lean_exec import lean_batch_norm, lean_conv2d, wax_compact, zero_by_mask
+from simwnw_hf.simwnw.lean_exec import (lean_batch_norm, lean_conv2d, wax_compact, zero_by_mask, zero_relu_output_,
+                                        zeroable_relu)
 from simwnw_hf.simwnw.skip_exec import default_cost_model
 from simwnw_hf.simwnw.masks import wane, wax
 from simwnw_hf.simwnw.masked_exec import (
@@ -77,6 +78,16 @@ class _Ops:
         ys = [masked_batch_norm(bn, h, r) for h, r in zip(hs, rs)]
         return ys if act is None else self.act(act, ys, rs)
 
+    def zeroable(self, act) -> bool:
+        """Whether ``bn_act`` / ``add_act`` with ``act`` give outputs ``zero_relu_output_`` may zero in place."""
+        return self.lean and isinstance(act, nn.ReLU)
+
+    def add_act(self, act, hs, others, rs):
+        """``act(h + o)`` per view (a block's residual)."""
+        if self.zeroable(act):
+            return [zeroable_relu(h, o) for h, o in zip(hs, others)]
+        return self.act(act, [h + o for h, o in zip(hs, others)], rs)
+
     def act(self, act, hs, rs):
         if isinstance(act, nn.ReLU):  # relu(0) = 0: removed positions stay zero
             return [act(h) for h in hs]
@@ -91,10 +102,11 @@ class _Ops:
         # lean: a fully removed window holds only zeros, so its max is already 0 (no re-zeroing)
         return [pool(h) for h in hs], [wane(r, pool.kernel_size, pool.stride, pool.padding, pool.dilation) for r in rs]
 
-    def wax(self, name, hs, rs, trace, expand: Optional[Expand], nonneg: bool = False):
+    def wax(self, name, hs, rs, trace, expand: Optional[Expand], nonneg: bool = False, zeroable: bool = False):
         """Grow both views' masks at a waxing point and zero the newly removed activations.
 
         ``nonneg``: the maps are ReLU outputs, so fast waxing may skip the peak's minimum.
+        ``zeroable``: they are fresh outputs of a lean ReLU (``Ops.zeroable``), zeroed in place.
         """
         if expand is None or len(hs) != 2:
             return hs, rs
@@ -102,7 +114,8 @@ class _Ops:
         trace.append(WaxRecord(name, overhead))
         trace.append(MaskRecord(f"{name}:waxed", new[0], new[1]))
         if self.lean:  # zero only where the mask grew (same tensor back: nothing was added)
-            return [h if n is r else zero_by_mask(h, n) for h, r, n in zip(hs, rs, new)], list(new)
+            zero = zero_relu_output_ if zeroable else zero_by_mask
+            return [h if n is r else zero(h, n) for h, r, n in zip(hs, rs, new)], list(new)
         return [zero_removed(h, n) for h, n in zip(hs, new)], list(new)
 
 
@@ -128,30 +141,34 @@ def _shortcut(ops: _Ops, block, hs, rs, trace, name):
 def _residual(ops: _Ops, block, branch, r_branch, hs, rs, trace, name, act):
     short, r_short = _shortcut(ops, block, hs, rs, trace, name)
     r_out = [rb & rsc for rb, rsc in zip(r_branch, r_short)]  # removed only where both operands are
-    return ops.act(act, [b + s for b, s in zip(branch, short)], r_out), r_out
+    return ops.add_act(act, branch, short, r_out), r_out
 
 
 def _relu(act) -> bool:
     return isinstance(act, nn.ReLU)
 
 
-def _basic_block(ops: _Ops, name: str, blk: BasicBlock, hs, rs, trace, expand, nonneg_in=False):
+def _basic_block(ops: _Ops, name: str, blk: BasicBlock, hs, rs, trace, expand, nonneg_in=False,
+                 zeroable_in=False):
     _require_identity(blk, name)
-    hs, rs = ops.wax(f"{name}.conv1", hs, rs, trace, expand, nonneg_in)  # block input: feeds conv1 and the shortcut
+    # block input: feeds conv1 and the shortcut
+    hs, rs = ops.wax(f"{name}.conv1", hs, rs, trace, expand, nonneg_in, zeroable_in)
     a, ra = ops.conv(f"{name}.conv1", blk.conv1, hs, rs, trace)
     a = ops.bn_act(blk.bn1, blk.act1, a, ra, name)
-    a, ra = ops.wax(f"{name}.conv2", a, ra, trace, expand, _relu(blk.act1))
+    a, ra = ops.wax(f"{name}.conv2", a, ra, trace, expand, _relu(blk.act1), ops.zeroable(blk.act1))
     b, rb = ops.conv(f"{name}.conv2", blk.conv2, a, ra, trace)
     b = ops.bn_act(blk.bn2, None, b, rb, name)
     return _residual(ops, blk, b, rb, hs, rs, trace, name, blk.act2)
 
 
-def _bottleneck(ops: _Ops, name: str, blk: Bottleneck, hs, rs, trace, expand, nonneg_in=False):
+def _bottleneck(ops: _Ops, name: str, blk: Bottleneck, hs, rs, trace, expand, nonneg_in=False,
+                zeroable_in=False):
     _require_identity(blk, name)
-    hs, rs = ops.wax(f"{name}.conv1", hs, rs, trace, expand, nonneg_in)  # block input: feeds conv1 and the shortcut
+    # block input: feeds conv1 and the shortcut
+    hs, rs = ops.wax(f"{name}.conv1", hs, rs, trace, expand, nonneg_in, zeroable_in)
     a, ra = ops.conv(f"{name}.conv1", blk.conv1, hs, rs, trace)
     a = ops.bn_act(blk.bn1, blk.act1, a, ra, name)
-    a, ra = ops.wax(f"{name}.conv2", a, ra, trace, expand, _relu(blk.act1))
+    a, ra = ops.wax(f"{name}.conv2", a, ra, trace, expand, _relu(blk.act1), ops.zeroable(blk.act1))
     b, rb = ops.conv(f"{name}.conv2", blk.conv2, a, ra, trace)
     b = ops.bn_act(blk.bn2, blk.act2, b, rb, name)
     c, rc = ops.conv(f"{name}.conv3", blk.conv3, b, rb, trace)
@@ -180,8 +197,10 @@ def _walk(ops: _Ops, model: nn.Module, xs: Sequence[torch.Tensor], removed: Sequ
     trace: list = [MaskRecord("input", rs[0], rs[1] if len(rs) > 1 else None)]
     hs, rs = ops.conv("conv1", model.conv1, list(xs), rs, trace, image_input=True)  # block-matched image level
     hs = ops.bn_act(model.bn1, model.act1, hs, rs, "bn1")
+    zeroable = ops.zeroable(model.act1)  # the stem's ReLU output, unless pooled
     if isinstance(model.maxpool, nn.MaxPool2d):
         hs, rs = ops.max_pool(model.maxpool, hs, rs)
+        zeroable = False
     elif not isinstance(model.maxpool, nn.Identity):
         raise NotImplementedError(f"stem pooling {type(model.maxpool).__name__} is not supported")
     trace.append(MaskRecord("stem", rs[0], rs[1] if len(rs) > 1 else None))
@@ -190,11 +209,11 @@ def _walk(ops: _Ops, model: nn.Module, xs: Sequence[torch.Tensor], removed: Sequ
         for i, blk in enumerate(getattr(model, stage)):
             name = f"{stage}.{i}"
             if isinstance(blk, BasicBlock):
-                hs, rs = _basic_block(ops, name, blk, hs, rs, trace, expand, nonneg)
-                nonneg = _relu(blk.act2)
+                hs, rs = _basic_block(ops, name, blk, hs, rs, trace, expand, nonneg, zeroable)
+                nonneg, zeroable = _relu(blk.act2), ops.zeroable(blk.act2)
             elif isinstance(blk, Bottleneck):
-                hs, rs = _bottleneck(ops, name, blk, hs, rs, trace, expand, nonneg)
-                nonneg = _relu(blk.act3)
+                hs, rs = _bottleneck(ops, name, blk, hs, rs, trace, expand, nonneg, zeroable)
+                nonneg, zeroable = _relu(blk.act3), ops.zeroable(blk.act3)
             else:
                 raise NotImplementedError(f"{name}: block type {type(blk).__name__} is not supported")
         trace.append(MaskRecord(stage, rs[0], rs[1] if len(rs) > 1 else None))

@@ -24,6 +24,8 @@ Tests: ``tests/test_lean_exec.py`` holds these equal to ``masked_exec`` (and the
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -33,12 +35,28 @@ from .masks import (PEAK_FLOPS, PSNR_PAIR_FLOPS, Correspondence, WaxResult, acti
                     ring_distance, wax_peak)
 from .skip_exec import skip_conv1x1
 
-__all__ = ["lean_conv2d", "lean_batch_norm", "wax_compact", "wax_spatial_compact", "compact_mask", "zero_by_mask"]
+__all__ = ["lean_conv2d", "lean_batch_norm", "zeroable_relu", "wax_compact", "wax_spatial_compact", "compact_mask",
+           "zero_by_mask", "zero_relu_output_"]
 
 
 def zero_by_mask(x: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
     """``zero_removed`` for finite ``x`` as a multiply by the keep map (faster than ``where`` on CPU)."""
     return x * (~removed).to(x.dtype)
+
+
+def zero_relu_output_(y: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """Zero ``y`` at ``removed`` in place, outside autograd; for outputs of :func:`lean_batch_norm`
+    (``relu=True``) and :func:`zeroable_relu` only, before anything else has used them.
+
+    Why this is exact: those functions keep their output for their backward, which is ReLU's
+    ``threshold_backward(grad, y, 0)``. Zeroed there, ``y`` is no longer ``> 0`` at ``removed``, so
+    that backward drops the gradient at exactly the positions that ``zero_by_mask``'s multiply
+    would have dropped: the same gradients without a multiply node in the graph (its forward
+    allocation and its backward pass were 1.5-2% of a step, ``benchmarks/simwnw_step.py``).
+    """
+    with torch.no_grad():
+        y.mul_((~removed).to(y.dtype))
+    return y
 
 
 def lean_conv2d(conv: nn.Conv2d, x: torch.Tensor, removed: torch.Tensor, zero_input: bool, cost_model=None):
@@ -67,12 +85,36 @@ def lean_conv2d(conv: nn.Conv2d, x: torch.Tensor, removed: torch.Tensor, zero_in
     return y, out_removed, active
 
 
+class _ZeroableRelu(torch.autograd.Function):
+    """``relu(a + b)`` (``relu(a)`` for ``b=None``), keeping its output as an alias rather than a
+    saved variable, so that :func:`zero_relu_output_` may zero it in place."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        y = a.relu() if b is None else torch.add(a, b).relu_()
+        ctx.out = y.detach()  # an alias: sees zero_relu_output_'s writes; no reference cycle
+        ctx.two = b is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        g = torch.ops.aten.threshold_backward(gy, ctx.out, 0)
+        return g, (g if ctx.two else None)
+
+
+def zeroable_relu(a: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``relu(a + b)`` (a lean block's residual) or ``relu(a)``, zeroable by :func:`zero_relu_output_`."""
+    return _ZeroableRelu.apply(a, b)
+
+
 class _KeptBatchNorm(torch.autograd.Function):
     """Training-mode BatchNorm over kept positions of a map that is zero where removed, ReLU fused.
 
     Forward: sum and sum of squares over all positions (= over kept ones, removed are 0) divided by
     the kept count ``n``; one affine pass; mask (multiply); ReLU in place. Backward: the BatchNorm
     gradient restricted to kept positions, ``dx = g*r*w - r*w/n * (sum g + xhat * sum g*xhat)``.
+    With the ReLU, the output is kept as an alias rather than a saved variable, so that
+    :func:`zero_relu_output_` may zero it in place (see there why that is exact).
     """
 
     @staticmethod
@@ -89,16 +131,17 @@ class _KeptBatchNorm(torch.autograd.Function):
         if relu:
             y.relu_()
         ctx.relu = relu
-        ctx.save_for_backward(x, keep, y if relu else None, mean, invstd, weight, n.clamp(min=1))
+        ctx.out = y.detach() if relu else None  # an alias: sees zero_relu_output_'s writes
+        ctx.save_for_backward(x, keep, mean, invstd, weight, n.clamp(min=1))
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
     @staticmethod
     def backward(ctx, gy, _gmean, _gvar):
-        x, keep, y, mean, invstd, weight, n = ctx.saved_tensors
+        x, keep, mean, invstd, weight, n = ctx.saved_tensors
         c = x.shape[1]
         # ReLU's own backward kernel; y > 0 only at kept positions, so it also applies the mask
-        g = torch.ops.aten.threshold_backward(gy, y, 0) if ctx.relu else gy * keep
+        g = torch.ops.aten.threshold_backward(gy, ctx.out, 0) if ctx.relu else gy * keep
         # sum g and sum g * xhat in one fused pass (native kernel; g is 0 where removed, so sums are over kept)
         _, dxhat, dbias = torch.ops.aten.native_batch_norm_backward(
             g, x, torch.ones_like(invstd) if weight is None else weight, None, None, mean, invstd, True, 0.0,
@@ -117,15 +160,16 @@ def lean_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, removed: torch.Tensor, 
     """``masked_batch_norm`` (then ReLU if ``relu``) of a conv output that is zero where removed.
 
     ``removed``: (B, 1, H, W) (a per-channel mask falls back to the reference). Running statistics
-    are updated exactly as the reference does.
+    are updated exactly as the reference does. With ``relu`` the output may be zeroed in place by
+    :func:`zero_relu_output_` (every path ends in a ReLU whose backward reads its output).
     """
     if removed.shape[1] != 1:
         y = masked_batch_norm(bn, x, removed)
-        return F.relu(y) if relu else y
+        return zeroable_relu(y) if relu else y
     if not (bn.training or bn.running_mean is None):
         y = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
         y = zero_by_mask(y, removed)
-        return F.relu(y, inplace=True) if relu else y
+        return zeroable_relu(y) if relu else y
     keep = (~removed).to(x.dtype)
     n = keep.sum()
     y, mean, var = _KeptBatchNorm.apply(x, bn.weight, bn.bias, keep, n, bn.eps, relu)
