@@ -127,3 +127,21 @@ def test_export_killed_half_way_never_validates(run_dir, tmp_path, stage):
         validate_folder(leftovers[0])
     export_run(run_dir, out)  # a re-run succeeds beside the leftover
     validate_folder(out)
+
+
+def test_simwnw_run_from_before_the_waxing_fields_resumes_only_as_it_ran(tmp_path):
+    """A run_config.json without wax_decision / wax_peak was written when waxing was per channel: resuming it
+    under today's spatial default is refused, not silently switched; with the old value, or for a dense run
+    (waxing plays no part), it resumes."""
+    from simwnw_hf.train.run_files import check_resume_config
+
+    current = {**TrainConfig(simwnw=True).__dict__}
+    old = {k: v for k, v in current.items() if k not in ("wax_decision", "wax_peak")}
+    path = tmp_path / "run_config.json"
+    path.write_text(json.dumps(old))
+    assert current["wax_decision"] == "spatial"
+    with pytest.raises(ValueError, match=r"wax_decision='channel' \(now 'spatial'\)"):
+        check_resume_config(path, current)
+    check_resume_config(path, {**current, "wax_decision": "channel"})
+    path.write_text(json.dumps({**old, "simwnw": False}))
+    check_resume_config(path, {**current, "simwnw": False})

@@ -47,7 +47,7 @@ def _check_stats_reach_every_output(tmp_path, summary, lines, ratios):
     return saved
 
 
-@pytest.mark.parametrize("options", [{}, {"wax_decision": "spatial", "wax_peak": "map", "simwnw_executor": "auto"}])
+@pytest.mark.parametrize("options", [{}, {"wax_decision": "channel", "wax_peak": "map", "simwnw_executor": "auto"}])
 def test_simwnw_resnet_stats_reach_metrics_summary_and_record(tmp_path, options):
     summary, lines = run(tmp_path, framework="simsiam", model="simwnw_resnet18_cifar", simwnw=True,
                          model_args='{"channels": [8, 16, 16, 16]}', **options)
@@ -55,7 +55,7 @@ def test_simwnw_resnet_stats_reach_metrics_summary_and_record(tmp_path, options)
     # the resolved settings are recorded: 5 px blocks and a 10 px window at 32 px, max_rings, waxing, executor
     assert saved["pruning"] == {"method": "simwnw", "block_size": 5, "psnr_threshold": 20.0, "search_window": 10,
                                 "max_rings": 2, "executor": options.get("simwnw_executor", "lean"),
-                                "wax_decision": options.get("wax_decision", "channel"),
+                                "wax_decision": options.get("wax_decision", "spatial"),  # the default
                                 "wax_peak": options.get("wax_peak", "channel")}
 
 

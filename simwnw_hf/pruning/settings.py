@@ -48,9 +48,11 @@ class SimWnWSettings:
     psnr_threshold: dB; blocks and feature-map rings at or above it are removed.
     search_window: side of the block search region in view 2; None = 2 x block size.
     max_rings: most rings waxed per conv input (``simwnw.masks``).
-    wax_decision: ``channel`` (the paper's reading, default: a ring passes per (image, block, channel))
-        or ``spatial`` (per (image, block), over all channels: masks stay one position mask per image,
-        which is cheaper and what a skipping executor can skip; ``simwnw.masks``).
+    wax_decision: ``spatial`` (default: a ring passes per (image, block), over all channels, so masks
+        stay one position mask per image: what an executor can skip, and the only reading whose step
+        is not dearer than dense) or ``channel`` (the paper's literal reading, §4.2.2: per (image,
+        block, channel); the same kept FLOPs and kNN accuracy within noise, but 1.2-1.4x the dense
+        step on CPU: ``benchmarks/results/simwnw_step.md``, ``waxing_options.md``; ``simwnw.masks``).
     wax_peak: the feature-map PSNR's MAX: ``channel`` (default) or ``map`` (all channels of the map).
     executor: how the pair path runs (``models.resnet_pair.select_executor``): ``lean`` (default: the
         reference's numbers with less bookkeeping), ``reference`` (the definition, the test oracle) or
@@ -64,7 +66,7 @@ class SimWnWSettings:
     search_window: Optional[int] = None
     max_rings: int = 2
     executor: str = "lean"
-    wax_decision: str = "channel"
+    wax_decision: str = "spatial"
     wax_peak: str = "channel"
 
     method: ClassVar[str] = "simwnw"

@@ -31,14 +31,16 @@ Waxing (§4.2.2, "concentric circle approach", channel-wise)
     is a zero, not an activation) but are added with the ring. A ring part with no comparable pixel
     passes vacuously.
 
-Spatial (all-channel) decisions, an option (``decision="spatial"``)
+Spatial (all-channel) decisions (``decision="spatial"``; ``SimWnWSettings``' default, this function's is the paper's)
     The paper does not say whether a ring is tested per channel or for the whole feature map. With
     ``decision="spatial"`` masks are positions ``(B, 1, H, W)``: rings are rings of the positions
     removed in every channel, a ring part passes when the MSE over *all channels* of its pixels
     (each channel's error divided by that channel's ``MAX^2``, so no channel's scale dominates; or
     by the map's ``MAX^2`` with ``peak="map"``) is within the threshold, and a passing ring part is
     removed in every channel. Masks then stay one position mask, which a skipping executor can use
-    and which costs one comparison per (image, block, ring) instead of one per channel.
+    and which costs one comparison per (image, block, ring) instead of one per channel. It keeps as
+    much as per-channel decisions do (``benchmarks/results/waxing_options.md``) at a fraction of the
+    bookkeeping, which is why training uses it unless ``--wax-decision channel`` is given.
 
 Feature-map PSNR
     ``PSNR = 10 log10(MAX^2 / MSE)`` with ``MAX`` = the largest ``|activation|`` of that channel over

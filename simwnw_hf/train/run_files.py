@@ -39,11 +39,18 @@ RUN_IDENTITY = ("framework", "model", "model_args", "framework_args", "dataset",
                 "dino_out_dim", "eval_holdout_excluded")
 
 
+# identity settings added after runs were written without them, with the value those runs had; a
+# SimWnW run from before ``wax_decision`` existed waxed per channel, although the default is now spatial
+_VALUE_BEFORE_FIELD = {"wax_decision": "channel", "wax_peak": "channel"}
+
+
 def check_resume_config(path, current: dict) -> None:
     """Refuse (one line) to resume a run whose ``run_config.json`` names other identity settings.
 
     Unknown keys (a newer version's fields) are ignored; a file that is not a JSON object is refused.
-    Values are compared through JSON, so ``[4, 7]`` and ``(4, 7)`` are equal.
+    Values are compared through JSON, so ``[4, 7]`` and ``(4, 7)`` are equal. A SimWnW run's file
+    without a waxing field was written before it existed and is compared as what it then did
+    (``_VALUE_BEFORE_FIELD``), so changing that default cannot silently change a resumed run.
     """
     path = Path(path)
     if not path.is_file():
@@ -54,6 +61,8 @@ def check_resume_config(path, current: dict) -> None:
         raise ValueError(f"{path} is not valid JSON ({exc}); restore it or choose another --output-dir") from None
     if not isinstance(saved, dict):
         raise ValueError(f"{path} is not a JSON object; restore it or choose another --output-dir")
+    if saved.get("simwnw"):
+        saved = {**_VALUE_BEFORE_FIELD, **saved}
     norm = lambda v: json.dumps(v, sort_keys=True)  # noqa: E731
     differ = [k for k in RUN_IDENTITY if k in saved and k in current and norm(saved[k]) != norm(current[k])]
     if differ:
