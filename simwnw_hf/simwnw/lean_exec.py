@@ -107,22 +107,6 @@ def zeroable_relu(a: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Te
     return _ZeroableRelu.apply(a, b)
 
 
-def _channel_sums(x: torch.Tensor):
-    """Per-channel sum and sum of squares of (B, C, H, W) ``x``, over (B, H, W).
-
-    Each (image, channel) row of a contiguous fp32/fp64 map is reduced on its own, and its sum of
-    squares is a BLAS dot product (``bmm`` of the row with itself): no ``x * x`` temporary, and
-    2.5-5x faster than ``(x * x).sum(dim=(0, 2, 3))`` for rows of 64 values or more (CPU, 1 and 2
-    threads, 56x56 and 32x32 maps); short rows and other layouts or dtypes use the plain sums.
-    """
-    b, c = x.shape[:2]
-    if x.is_contiguous() and x.dtype in (torch.float32, torch.float64) and x[0, 0].numel() >= 64:
-        rows = x.view(b * c, -1)
-        squares = torch.bmm(rows.unsqueeze(1), rows.unsqueeze(2)).view(b, c).sum(0)
-        return rows.sum(1).view(b, c).sum(0), squares
-    return x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))
-
-
 class _KeptBatchNorm(torch.autograd.Function):
     """Training-mode BatchNorm over kept positions of a map that is zero where removed, ReLU fused.
 
@@ -137,9 +121,8 @@ class _KeptBatchNorm(torch.autograd.Function):
     def forward(ctx, x, weight, bias, keep, n, eps: float, relu: bool):
         c = x.shape[1]
         nc = n.clamp(min=1)
-        total, squares = _channel_sums(x)  # sums over all positions = sums over kept ones
-        mean = total / nc
-        var = (squares / nc - mean.square()).clamp_min(0)  # biased
+        mean = x.sum(dim=(0, 2, 3)) / nc  # sums over all positions = sums over kept ones
+        var = ((x * x).sum(dim=(0, 2, 3)) / nc - mean.square()).clamp_min(0)  # biased
         invstd = torch.rsqrt(var + eps)
         scale = invstd if weight is None else invstd * weight
         shift = -mean * scale if bias is None else bias - mean * scale
