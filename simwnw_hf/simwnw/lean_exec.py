@@ -17,6 +17,9 @@ reference does not rely on:
   graphs. Masks are applied by multiplying with a float keep map: ``torch.where`` with a
   broadcast mask is several times slower on CPU (profiled). (``var_mean`` and ``aminmax`` over
   these dims were 20-40x slower than ``sum``/``amax``, so plain reductions are used.)
+* **Waxing zeroes in place.** The ReLU outputs that feed waxing points keep themselves for ReLU's
+  backward, so zeroing them in place (:func:`zero_relu_output_`) also drops their gradient there:
+  no multiply node in the graph.
 
 Tests: ``tests/test_lean_exec.py`` holds these equal to ``masked_exec`` (and the ResNet walkers in
 ``simwnw_hf.models.resnet_pair`` equal to each other).
