@@ -49,10 +49,10 @@ class SimWnWSettings:
     search_window: side of the block search region in view 2; None = 2 x block size.
     max_rings: most rings waxed per conv input (``simwnw.masks``).
     wax_decision: ``spatial`` (default: a ring passes per (image, block), over all channels, so masks
-        stay one position mask per image: what an executor can skip, and the only reading whose step
-        is not dearer than dense) or ``channel`` (the paper's literal reading, §4.2.2: per (image,
-        block, channel); the same kept FLOPs and kNN accuracy within noise, but 1.2-1.4x the dense
-        step on CPU: ``benchmarks/results/simwnw_step.md``, ``waxing_options.md``; ``simwnw.masks``).
+        stay one position mask per image: what an executor can skip, and a step of 1.00-1.09x dense
+        at 1 thread on CPU) or ``channel`` (the paper's literal reading, §4.2.2: per (image, block,
+        channel); the same kept FLOPs and kNN accuracy within noise, but 1.13-1.4x the dense step:
+        ``benchmarks/results/simwnw_step.md``, ``waxing_options.md``; ``simwnw.masks``).
     wax_peak: the feature-map PSNR's MAX: ``channel`` (default) or ``map`` (all channels of the map).
     executor: how the pair path runs (``models.resnet_pair.select_executor``): ``lean`` (default: the
         reference's numbers with less bookkeeping), ``reference`` (the definition, the test oracle) or

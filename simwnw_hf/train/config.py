@@ -55,7 +55,7 @@ class TrainConfig:
     search_window: Optional[int] = None  # None: 2 x block size
     max_rings: int = 2  # waxing: most rings grown per conv input (simwnw_hf/simwnw/masks.py)
     simwnw_executor: str = "lean"  # lean | reference | auto: how the SimWnW pair path runs (same numbers, different time)
-    wax_decision: str = "spatial"  # waxing: a ring passes over all channels at once (default, same savings, cheaper) or per channel (the paper's literal reading, 1.2-1.4x the dense step)
+    wax_decision: str = "spatial"  # waxing: a ring passes over all channels at once (default, same savings, cheaper) or per channel (the paper's literal reading, 1.13-1.4x the dense step)
     wax_peak: str = "channel"  # waxing: the feature-map PSNR's MAX per channel or over the whole map
     # token pruning on ViTs: simwnw | simprune | evit
     token_pruning: Optional[str] = None  # None: dense ViT
