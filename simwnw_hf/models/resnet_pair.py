@@ -106,7 +106,7 @@ class _Ops:
         """Grow both views' masks at a waxing point and zero the newly removed activations.
 
         ``nonneg``: the maps are ReLU outputs, so fast waxing may skip the peak's minimum.
-        ``zeroable``: they are fresh outputs of a lean ReLU (``Ops.zeroable``), zeroed in place.
+        ``zeroable``: they are fresh outputs of a lean ReLU (``_Ops.zeroable``), zeroed in place.
         """
         if expand is None or len(hs) != 2:
             return hs, rs
