@@ -32,7 +32,6 @@ import torch
 
 import simwnw_hf  # noqa: F401  (registers simwnw_* models)
 from simwnw_hf.models.resnet_pair import lean_forward_features
-from simwnw_hf.simwnw.block_matching import match_blocks
 from simwnw_hf.simwnw.flops import triple_flops
 from simwnw_hf.simwnw.lean_exec import wax_compact
 from simwnw_hf.simwnw.masked_exec import ConvRecord
@@ -52,7 +51,7 @@ POINTS = {
 def kept_shares(model, batch, block_size, rings, where, decision="channel", peak="channel"):
     x1, x2, g1, g2 = batch
     with torch.no_grad():
-        match = match_blocks(model._pixels(x1), model._pixels(x2), g1, g2, block_size=block_size)
+        match = model.plan_pair(x1, x2, g1, g2, block_size=block_size, psnr_threshold=20.0, search_window=None).match
         base = pair_expander(match.src_yx, match.match_yx, match.similar, match.block_size, tuple(x1.shape[-2:]),
                              20.0, rings, wax_fn=wax_compact, decision=decision, peak=peak)
 

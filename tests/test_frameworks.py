@@ -8,7 +8,7 @@ import timm
 import torch
 
 import simwnw_hf  # noqa: F401  (registers simwnw_* models)
-import simwnw_hf.models.resnet as resnet_module
+import simwnw_hf.pruning.planners as planners_module
 import simwnw_hf.tokens.simwnw as token_module
 from pair_views import shifted_pair
 from simwnw_hf.pruning import PairStats, SimWnWSettings, TokenPruningSettings
@@ -127,7 +127,7 @@ def test_momentum_frameworks_match_once_per_step_and_count_overhead_once(monkeyp
     backbone = tiny_resnet().configure_pair_pruning(SimWnWSettings(block_size=4))
     model = build(cls, backbone).train()
     batch = batch_of(backbone)
-    calls = _count_calls(monkeypatch, resnet_module, "match_blocks")
+    calls = _count_calls(monkeypatch, planners_module, "match_blocks")
     loss, stats = model(batch)
     assert len(calls) == 1                                     # one block matching for both encoders
     x1, x2 = batch["views"]

@@ -24,7 +24,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from simwnw_hf.pruning import PairPlan, PairStats, SimWnWSettings, accepted_settings, model_name
-from simwnw_hf.simwnw.block_matching import match_blocks, match_pixels
+from simwnw_hf.pruning.planners import BlockMatchPlanner
 from simwnw_hf.simwnw.flops import trace_flops
 from simwnw_hf.simwnw.masks import pair_expander
 
@@ -89,19 +89,20 @@ class SimWnWResNet(ResNet):
         self.pair_pruning_enabled = bool(enabled)
         return self
 
-    def _pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised view -> [0, 1] pixels with this model's ``pretrained_cfg`` mean/std (PSNR, MAX_I = 1)."""
+    def pair_planner(self) -> BlockMatchPlanner:
+        """What :meth:`plan_pair` runs, as a picklable value: the DataLoader can make the plan in its
+        worker processes (``--match-in loader``), and a plan made there is accepted only when its
+        planner equals this one (same settings, same normalisation)."""
         cfg = getattr(self, "pretrained_cfg", None) or {}
         mean, std = cfg.get("mean", IMAGENET_DEFAULT_MEAN), cfg.get("std", IMAGENET_DEFAULT_STD)
-        if len(mean) != x.shape[1]:
-            raise ValueError(f"pretrained_cfg mean has {len(mean)} channels, the views have {x.shape[1]}")
-        return match_pixels(x, mean, std)   # denormalize's values, laid out as the matcher reads them
+        return BlockMatchPlanner(self.pair_settings, tuple(float(m) for m in mean), tuple(float(s) for s in std))
 
     def plan_pair(self, x1: torch.Tensor, x2: torch.Tensor, g1, g2, **overrides) -> PairPlan:
         """Block-match the two views (paper §4.1) with :attr:`pair_settings` (``overrides`` replace fields).
 
         Returns a :class:`~simwnw_hf.pruning.PairPlan` whose ``match`` is the ``BlockMatch`` and whose
         ``settings`` are the ones used, resolved for the view size; its ``overhead_flops`` is the matching.
+        Matching reads [0, 1] pixels recovered with this model's ``pretrained_cfg`` mean/std (PSNR, MAX_I = 1).
         """
         if x1.dim() != 4 or x1.shape != x2.shape:
             raise ValueError(f"forward_pair needs two (B, C, H, W) views of equal shape, got "
@@ -109,13 +110,10 @@ class SimWnWResNet(ResNet):
         if g1 is None or g2 is None:
             raise ValueError("SimWnW pair pruning needs the crop/flip geometry of both views; "
                              "build the dataset with TwoViewTransform (it records it)")
-        settings = replace(self.pair_settings, **overrides).resolve(x1.shape[-2])
-        with torch.no_grad():
-            match = match_blocks(self._pixels(x1.detach()), self._pixels(x2.detach()), g1, g2,
-                                 block_size=settings.block_size, psnr_threshold=settings.psnr_threshold,
-                                 search_window=settings.search_window)
-        return PairPlan(method=settings.method, settings=settings, match=match,
-                        overhead_flops=float(match.overhead_flops), pairs=int(x1.shape[0]))
+        planner = self.pair_planner()
+        if overrides:
+            planner = replace(planner, settings=replace(planner.settings, **overrides))
+        return planner(x1, x2, g1, g2)
 
     def run_pair(self, x1: torch.Tensor, x2: torch.Tensor, g1=None, g2=None, plan: Optional[PairPlan] = None,
                  **settings):

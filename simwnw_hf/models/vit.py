@@ -23,7 +23,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 
 from simwnw_hf.data.geometry import Geometry
 from simwnw_hf.pruning import PairPlan, PairStats, TokenPruningSettings, accepted_settings, model_name
-from simwnw_hf.simwnw.block_matching import match_pixels
+from simwnw_hf.pruning.planners import TokenMatchPlanner
 from simwnw_hf.tokens import PairTokenPruner, TokenGroup, build_pair_pruner, vit_flops
 
 from .weights import require_weight_source
@@ -68,13 +68,6 @@ class SimWnWVisionTransformer(VisionTransformer):
             raise ValueError(f"progress must be in [0, 1], got {progress}")
         self.pair_progress = progress
 
-    def _pixels(self, x: torch.Tensor) -> torch.Tensor:
-        cfg = getattr(self, "pretrained_cfg", None) or {}
-        if cfg.get("mean") is None or cfg.get("std") is None:
-            raise ValueError("SimWnW token removal needs pretrained_cfg mean/std to recover [0, 1] pixels; "
-                             "create the model with timm.create_model")
-        return match_pixels(x.detach(), cfg["mean"], cfg["std"])   # denormalize's values, channels-last
-
     def _block(self, block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():
             return checkpoint(block, x)
@@ -93,17 +86,29 @@ class SimWnWVisionTransformer(VisionTransformer):
         """What to remove from this pair: SimWnW's ``TokenMatch`` (patch matching, its FLOPs as the
         plan's overhead), or an in-network plan (``match=None``) for SimPrune and EViT."""
         self._check_views(x1, x2)
+        planner = self.pair_planner()
+        if planner is None:
+            return PairPlan(method=self.pair_pruner.name, settings=self.pair_settings, match=None,
+                            overhead_flops=0.0, pairs=int(x1.shape[0]))
+        if g1 is None or g2 is None:
+            raise ValueError(f"{self.pair_pruner.name} token pruning needs the crop/flip geometry of both views")
+        return planner(x1, x2, g1, g2)
+
+    def pair_planner(self) -> Optional[TokenMatchPlanner]:
+        """What :meth:`plan_pair` computes from pixels, as a picklable value (the DataLoader can run it in
+        its workers, ``--match-in loader``); None for in-network pruners, which plan nothing up front."""
         pruner = self.pair_pruner
-        decision, overhead = None, 0.0
-        if pruner.needs_pixels:
-            if g1 is None or g2 is None:
-                raise ValueError(f"{pruner.name} token pruning needs the crop/flip geometry of both views")
-            patch = self.patch_embed.patch_size
-            if patch[0] != patch[1]:
-                raise ValueError(f"{pruner.name} token pruning needs square patches, got {patch}")
-            decision, overhead = pruner.plan(self._pixels(x1), self._pixels(x2), g1, g2, patch[0])
-        return PairPlan(method=pruner.name, settings=self.pair_settings, match=decision,
-                        overhead_flops=float(overhead), pairs=int(x1.shape[0]))
+        if not pruner.needs_pixels:
+            return None
+        patch = self.patch_embed.patch_size
+        if patch[0] != patch[1]:
+            raise ValueError(f"{pruner.name} token pruning needs square patches, got {patch}")
+        cfg = getattr(self, "pretrained_cfg", None) or {}
+        if cfg.get("mean") is None or cfg.get("std") is None:
+            raise ValueError("SimWnW token removal needs pretrained_cfg mean/std to recover [0, 1] pixels; "
+                             "create the model with timm.create_model")
+        return TokenMatchPlanner(self.pair_settings, int(patch[0]), tuple(float(m) for m in cfg["mean"]),
+                                 tuple(float(s) for s in cfg["std"]))
 
     def forward_pair(self, x1: torch.Tensor, x2: torch.Tensor, plan: Optional[PairPlan] = None
                      ) -> Tuple[torch.Tensor, torch.Tensor, PairStats]:

@@ -29,6 +29,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from .base import SSLFramework
 from .distributed import world_size
 from .momentum import cosine_schedule, make_momentum_copy, update_momentum
+from .loader_plan import loader_plan
 from .pair import encode_pair, encode_view, plan_pair, plan_stats, supports_pair_pruning
 
 __all__ = ["DINOHead", "DINOLoss", "DINO", "dino_cross_entropy", "batch_center", "teacher_temperature"]
@@ -230,7 +231,7 @@ class DINO(SSLFramework):
             raise ValueError("student and teacher disagree on pair pruning: configure the backbone's pruning "
                              "before building DINO (the teacher is a copy), or configure both")
         x1, x2, g1, g2 = views[0], views[1], geometry[0], geometry[1]
-        plan = plan_pair(self.backbone, x1, x2, g1, g2, prune)
+        plan = plan_pair(self.backbone, x1, x2, g1, g2, prune, made=loader_plan(batch))
         f1, f2, stats = encode_pair(self.backbone, x1, x2, plan)
         features = [f1, f2] + self._encode_local(views[2:])
         progress = float(self.progress)

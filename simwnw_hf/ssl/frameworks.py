@@ -22,6 +22,7 @@ from .dino import DINO
 from .distributed import gather_no_grad
 from .losses import InfoNCEWithQueue, NegativeCosineSimilarity, NTXentLoss, VICRegLoss
 from .momentum import cosine_schedule, make_momentum_copy, update_momentum
+from .loader_plan import loader_plan
 from .pair import encode_pair, plan_pair, plan_stats
 
 
@@ -47,7 +48,7 @@ class SimCLR(SSLFramework):
         if self.cdg is not None:
             f1, f2, extra, stats = encode_cdg_pair(self.backbone, x1, x2, self.cdg, prune)
             return self.criterion(self.projection_head(f1), self.projection_head(f2)) + extra, stats
-        plan = plan_pair(self.backbone, x1, x2, g1, g2, prune)
+        plan = plan_pair(self.backbone, x1, x2, g1, g2, prune, made=loader_plan(batch))
         f1, f2, stats = encode_pair(self.backbone, x1, x2, plan)
         return self.criterion(self.projection_head(f1), self.projection_head(f2)), plan_stats(plan) + stats
 
@@ -67,7 +68,7 @@ class SimSiam(SSLFramework):
 
     def forward(self, batch, prune: bool = True):
         x1, x2, g1, g2 = two_views(batch)
-        plan = plan_pair(self.backbone, x1, x2, g1, g2, prune)
+        plan = plan_pair(self.backbone, x1, x2, g1, g2, prune, made=loader_plan(batch))
         f1, f2, stats = encode_pair(self.backbone, x1, x2, plan)
         z1, z2 = self.projection_head(f1), self.projection_head(f2)
         p1, p2 = self.prediction_head(z1), self.prediction_head(z2)
@@ -96,7 +97,7 @@ class BYOL(SSLFramework):
 
     def forward(self, batch, prune: bool = True):
         x1, x2, g1, g2 = two_views(batch)
-        plan = plan_pair(self.backbone, x1, x2, g1, g2, prune)
+        plan = plan_pair(self.backbone, x1, x2, g1, g2, prune, made=loader_plan(batch))
         f1, f2, stats = encode_pair(self.backbone, x1, x2, plan)
         p1, p2 = self.prediction_head(self.projection_head(f1)), self.prediction_head(self.projection_head(f2))
         with torch.no_grad():
@@ -136,7 +137,7 @@ class MoCo(SSLFramework):
 
     def forward(self, batch, prune: bool = True):
         x1, x2, g1, g2 = two_views(batch)
-        plan = plan_pair(self.backbone, x1, x2, g1, g2, prune)
+        plan = plan_pair(self.backbone, x1, x2, g1, g2, prune, made=loader_plan(batch))
         f1, f2, stats = encode_pair(self.backbone, x1, x2, plan)
         q1, q2 = self.projection_head(f1), self.projection_head(f2)
         with torch.no_grad():
@@ -175,7 +176,7 @@ class VICReg(SSLFramework):
             f1, f2, extra, stats = encode_dualgate_pair(self.backbone, x1, x2, self.dual_gate, self.epoch, prune,
                                                           progress=self.training_progress)
             return self.criterion(self.projection_head(f1), self.projection_head(f2)) + extra, stats
-        plan = plan_pair(self.backbone, x1, x2, g1, g2, prune)
+        plan = plan_pair(self.backbone, x1, x2, g1, g2, prune, made=loader_plan(batch))
         f1, f2, stats = encode_pair(self.backbone, x1, x2, plan)
         return self.criterion(self.projection_head(f1), self.projection_head(f2)), plan_stats(plan) + stats
 

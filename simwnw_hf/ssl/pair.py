@@ -2,7 +2,7 @@
 
 Every SSL framework sends its two (global) views through this module, and only through it:
 
-    plan = plan_pair(backbone, x1, x2, g1, g2, prune)          # once per step
+    plan = plan_pair(backbone, x1, x2, g1, g2, prune, made=loader_plan(batch))  # once per step
     f1, f2, stats = encode_pair(backbone, x1, x2, plan)         # online encoder
     t1, t2, t_stats = encode_pair(momentum_backbone, x1, x2, plan)  # momentum encoder, same plan
     step_stats = plan_stats(plan) + stats + t_stats             # matching overhead counted once
@@ -15,6 +15,8 @@ SimSiam/BYOL reference code). A pruning-aware encoder implements the contract of
   * ``configure_pair_pruning(settings)`` takes a :mod:`simwnw_hf.pruning.settings` object and sets
     ``pair_pruning_enabled``; ``pair_settings`` holds the resolved settings;
   * ``plan_pair(x1, x2, g1, g2) -> PairPlan``: what to remove (matching runs here, without gradient);
+  * ``pair_planner()``: the same computation as a picklable value (or None when the plan needs no
+    pixels), so the DataLoader can make the plan in its workers (:mod:`simwnw_hf.ssl.loader_plan`);
   * ``forward_pair(x1, x2, plan) -> (f1, f2, PairStats)``: pooled pre-logits features of both views,
     and the FLOPs it ran; ``plan=None`` runs both views dense through the same path;
   * ``set_progress(p)`` when a method follows training progress (SimPrune's window).
@@ -34,6 +36,8 @@ import torch.nn as nn
 from simwnw_hf.data.geometry import Geometry
 from simwnw_hf.pruning.stats import PairPlan, PairStats
 
+from .loader_plan import LoaderPlan
+
 __all__ = ["PairPlan", "PairStats", "supports_pair_pruning", "plan_pair", "plan_stats", "encode_pair",
            "encode_view"]
 
@@ -44,11 +48,25 @@ def supports_pair_pruning(encoder: nn.Module) -> bool:
 
 
 def plan_pair(encoder: nn.Module, x1: torch.Tensor, x2: torch.Tensor, g1: Geometry | None = None,
-              g2: Geometry | None = None, prune: bool = True) -> Optional[PairPlan]:
-    """The encoder's plan for this pair, or None (dense) when not asked to prune or it cannot."""
+              g2: Geometry | None = None, prune: bool = True, made: Optional[LoaderPlan] = None
+              ) -> Optional[PairPlan]:
+    """The encoder's plan for this pair, or None (dense) when not asked to prune or it cannot.
+
+    ``made``: the plan the DataLoader already made for this batch (``loader_plan(batch)``,
+    :mod:`simwnw_hf.ssl.loader_plan`); used instead of matching again when it was made by a planner
+    equal to the encoder's (same settings and normalisation) for this many pairs, refused otherwise.
+    """
     if not (prune and supports_pair_pruning(encoder)):
         return None
-    return encoder.plan_pair(x1, x2, g1, g2)
+    if made is None:
+        return encoder.plan_pair(x1, x2, g1, g2)
+    planner = encoder.pair_planner() if callable(getattr(encoder, "pair_planner", None)) else None
+    if made.planner != planner:
+        raise ValueError(f"the batch's pair plan was made by {made.planner!r}, but this encoder plans with "
+                         f"{planner!r}; build the DataLoader's PlanInLoader from this encoder's pair_planner()")
+    if made.plan.pairs != x1.shape[0]:
+        raise ValueError(f"the batch's pair plan is for {made.plan.pairs} pairs, the views hold {x1.shape[0]}")
+    return made.plan
 
 
 def plan_stats(plan: Optional[PairPlan]) -> PairStats:

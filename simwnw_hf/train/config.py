@@ -14,6 +14,9 @@ from simwnw_hf.pruning.gating import (GATING_METHODS, BackRazorSettings, CDGSett
 from simwnw_hf.pruning.settings import TOKEN_PRUNING_METHODS, PruningSettings, SimWnWSettings, TokenPruningSettings
 
 
+MATCH_IN = ("auto", "step", "loader")
+
+
 @dataclass
 class TrainConfig:
     """Everything a pre-training run needs. Flags are the field names with dashes (``--image-size``)."""
@@ -57,6 +60,7 @@ class TrainConfig:
     simwnw_executor: str = "lean"  # lean | reference | auto: how the SimWnW pair path runs (same numbers, different time)
     wax_decision: str = "spatial"  # waxing: a ring passes over all channels at once (default, same savings, cheaper) or per channel (the paper's literal reading, 1.13-1.4x the dense step)
     wax_peak: str = "channel"  # waxing: the feature-map PSNR's MAX per channel or over the whole map
+    match_in: str = "auto"  # step | loader | auto: where SimWnW's block matching runs; loader = in the --num-workers DataLoader workers, overlapping the step (same plan bit for bit); auto = loader when --num-workers > 0
     # token pruning on ViTs: simwnw | simprune | evit
     token_pruning: Optional[str] = None  # None: dense ViT
     keep_rate: float = 0.8  # simprune / evit: fraction of tokens kept at each pruning layer
@@ -109,9 +113,24 @@ class TrainConfig:
         if self.gating != "dualgate" and (self.gate_anneal_alpha is not None or self.gate_anneal_final is not None):
             raise ValueError("--gate-anneal-alpha / --gate-anneal-final anneal dual gating's bound loss; "
                              "add --gating dualgate or drop them")
+        if self.match_in not in MATCH_IN:
+            raise ValueError(f"--match-in must be one of {', '.join(MATCH_IN)}, got '{self.match_in}'")
+        if self.match_in == "loader" and self.num_workers <= 0:
+            raise ValueError("--match-in loader needs --num-workers 1 or more: with no worker process the matching "
+                             "would run between steps, outside the step time the run reports")
+        if self.match_in == "loader" and not (self.simwnw or self.token_pruning == "simwnw"):
+            raise ValueError("--match-in loader moves SimWnW's block matching; add --simwnw (CNNs) or "
+                             "--token-pruning simwnw (ViTs), or drop --match-in")
         settings = self.pruning  # validates the pruning settings now, before anything is built
         if isinstance(settings, GatingSettings):
             check_gating_fit(settings, self.framework)
+
+    @property
+    def matches_in_loader(self) -> bool:
+        """True when the DataLoader makes the pair plans (``--match-in``, ``auto`` resolved)."""
+        if self.match_in == "auto":
+            return self.num_workers > 0 and bool(self.simwnw or self.token_pruning == "simwnw")
+        return self.match_in == "loader"
 
     @property
     def model_kwargs(self) -> dict:
@@ -204,7 +223,7 @@ def _choices(name: str):
     from simwnw_hf.ssl.frameworks import FRAMEWORK_NAMES
 
     return {"framework": FRAMEWORK_NAMES, "simwnw_executor": SIMWNW_EXECUTORS, "wax_decision": WAX_DECISIONS,
-            "wax_peak": WAX_PEAKS,
+            "wax_peak": WAX_PEAKS, "match_in": MATCH_IN,
             "token_pruning": TOKEN_PRUNING_METHODS, **_CHOICES}.get(name)
 
 

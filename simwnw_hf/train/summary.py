@@ -15,7 +15,7 @@ GATING_RATIOS = ("sparsity", "forward_flops_ratio", "activation_saved_fraction")
 
 COUNTER_KEYS = ("train_flops", "dense_flops", "overhead_flops", "wall_time_s", "cpu_time_s", "removal_ratio_sum",
                 "kept_token_ratio_sum", "pruned_steps", "skipped_images", "sparsity_sum", "forward_flops_ratio_sum",
-                "activation_saved_fraction_sum")
+                "activation_saved_fraction_sum", "loader_match_s", "data_wait_s")
 """Cumulative, resumable counters of a run (``trainer_state.json["counters"]``)."""
 
 
@@ -49,6 +49,12 @@ def cost_summary(counters: Mapping[str, float], pruning: Mapping, num_processes:
                                   if pruned and "kept_token_ratio" in ratios else None),
         "wall_time_s": wall / num_processes if wall is not None else None,
         "cpu_time_s": counters.get("cpu_time_s"),
+        # SimWnW plans made in DataLoader workers (--match-in loader): their matching's thread CPU time,
+        # summed over processes; off the steps' wall time, but not free
+        "loader_match_cpu_s": counters.get("loader_match_s"),
+        # wall time spent waiting for the next batch between steps (mean over processes): 0 when the
+        # workers keep up, so the matching they do costs the run no time
+        "data_wait_s": counters["data_wait_s"] / num_processes if counters.get("data_wait_s") is not None else None,
         **{f"mean_{name}": (counters.get(f"{name}_sum", 0.0) / pruned if pruned and name in ratios else None)
            for name in GATING_RATIOS},
     }

@@ -37,6 +37,7 @@ from simwnw_hf.models.family import is_vit, vit_image_size
 from simwnw_hf.pruning import BackRazorSettings, PairStats, pruning_record, reported_ratios
 from simwnw_hf.ssl.base import ADAMW_LR, ADAMW_WEIGHT_DECAY
 from simwnw_hf.ssl.frameworks import FRAMEWORKS
+from simwnw_hf.ssl.loader_plan import PlanInLoader, loader_plan
 
 from .checkpoint import (checkpoint_dirs, find_resumable_checkpoint, load_trainer_state, remove_leftovers,
                          save_checkpoint)
@@ -235,14 +236,28 @@ def _check_output_dir(cfg: TrainConfig, out: Path, excluded: bool = False) -> No
         check_resume_config(out / RUN_CONFIG_FILE, {**cfg.to_dict(), "eval_holdout_excluded": excluded})
 
 
-def _build_loader(cfg: TrainConfig, views: ViewDataset, num_processes: int) -> DataLoader:
+def _collate(cfg: TrainConfig, backbone: torch.nn.Module):
+    """Drop unreadable images; with ``--match-in loader`` (or auto + workers) also make the pair plan."""
+    collate = SkipUnreadable()
+    if not cfg.matches_in_loader:
+        return collate
+    planner = backbone.pair_planner() if callable(getattr(backbone, "pair_planner", None)) else None
+    if planner is None:
+        if cfg.match_in == "loader":
+            raise ValueError(f"--match-in loader: {cfg.model} plans nothing from pixels (its pruning decides inside "
+                             "the network); drop --match-in")
+        return collate
+    return PlanInLoader(collate, planner)
+
+
+def _build_loader(cfg: TrainConfig, views: ViewDataset, num_processes: int, collate) -> DataLoader:
     global_batch = cfg.batch_size * num_processes
     if len(views) < global_batch:
         raise ValueError(f"dataset has {len(views)} images, fewer than one global batch "
                          f"({cfg.batch_size} x {num_processes} processes)")
     sampler = EpochShuffleSampler(len(views), seed=cfg.seed)
     return DataLoader(views, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                      num_workers=cfg.num_workers, collate_fn=SkipUnreadable())
+                      num_workers=cfg.num_workers, collate_fn=collate)
 
 
 def _total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
@@ -309,9 +324,10 @@ def build_run(cfg: TrainConfig, exclude: Optional[Sequence[int]] = None) -> Run:
     _check_output_dir(cfg, out, excluded=bool(exclude))
     backbone = build_backbone(cfg)   # flags that do not fit the model fail here, before data loading
     framework = build_framework(cfg, backbone)
+    collate = _collate(cfg, backbone)
     images = _training_images(cfg, exclude)
     views = ViewDataset(images, build_transform(cfg, backbone), seed=cfg.seed)
-    loader = _build_loader(cfg, views, accelerator.num_processes)
+    loader = _build_loader(cfg, views, accelerator.num_processes, collate)
     optimizer = build_optimizer(cfg, framework, backbone, accelerator.num_processes)
     total_steps = _total_steps(cfg, len(loader) // accelerator.num_processes)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, cfg.warmup_steps))
@@ -404,7 +420,9 @@ def log_record(run: Run, epoch: int) -> dict:
               "train_flops": summed[2],
               # cumulative wall time of the training steps so far (this process), the x-axis of
               # accuracy-vs-time curves; data loading between steps is not in it, as in summary.json
-              "train_time_s": run.counters["wall_time_s"], "train_cpu_s": run.counters["cpu_time_s"]}
+              "train_time_s": run.counters["wall_time_s"], "train_cpu_s": run.counters["cpu_time_s"],
+              # cumulative wall time spent waiting for batches between those steps (0 when the workers keep up)
+              "data_wait_s": run.counters["data_wait_s"]}
     ratios = reported_ratios(run.pruning)
     if ratios:
         means = torch.tensor([getattr(w.stats, name) for name in ratios], dtype=torch.float64, device=acc.device)
@@ -463,10 +481,16 @@ def train(cfg: TrainConfig, exclude: Optional[Sequence[int]] = None) -> dict:
     while run.step < run.total_steps:
         epoch = run.step // run.steps_per_epoch
         steps_before = run.step
+        waited = time.perf_counter()
         for batch in _epoch_batches(run, epoch):
+            run.counters.add("data_wait_s", time.perf_counter() - waited)
             _count_skipped(run, batch.pop("skipped"))
             if "views" not in batch:  # every image of this batch was unreadable
+                waited = time.perf_counter()
                 continue
+            made = loader_plan(batch)
+            if made is not None:
+                run.counters.add("loader_match_s", made.seconds)
             meter_dense_step(run, batch)
             started, cpu_started = time.perf_counter(), time.process_time()
             loss, stats = train_step(run, batch)
@@ -479,6 +503,7 @@ def train(cfg: TrainConfig, exclude: Optional[Sequence[int]] = None) -> dict:
             maybe_save(run)
             if run.step >= run.total_steps:
                 break
+            waited = time.perf_counter()
         if run.step == steps_before:  # every batch of the epoch was unreadable: looping again would never end
             raise ValueError(f"no image of epoch {epoch} could be decoded (see the 'skipping' warnings)")
     bar.close()
