@@ -127,3 +127,23 @@ def test_planners_and_plans_cross_process_boundaries_and_devices():
 def test_a_batch_without_views_gets_no_plan():
     empty = PlanInLoader(lambda samples: {"skipped": torch.tensor([0, 1])}, _resnet().pair_planner())(None)
     assert loader_plan(empty) is None
+
+
+def test_a_resumed_run_with_loader_plans_reaches_the_weights_of_a_run_matching_in_the_step(tmp_path):
+    """Resume re-creates the loader (Accelerate's skip_first_batches) with the planning collate."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    setup = dict(framework="simsiam", model="simwnw_resnet18_cifar", simwnw=True, max_steps=4, save_every=2,
+                 model_args='{"channels": [8, 16, 16, 16]}')
+    _run(tmp_path, "step", match_in="step", num_workers=0, **setup)
+    _run(tmp_path, "loader", match_in="loader", **setup)
+    shutil.rmtree(tmp_path / "loader" / "checkpoint-4")          # killed after its step-2 checkpoint
+    lines = (tmp_path / "loader" / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "loader" / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    summary, _ = _run(tmp_path, "loader", match_in="loader", resume=True, **setup)
+    a = load_file(str(tmp_path / "step" / "checkpoint-4" / "model.safetensors"))
+    b = load_file(str(tmp_path / "loader" / "checkpoint-4" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert summary["loader_match_cpu_s"] > 0
