@@ -80,7 +80,7 @@ def resume_history(saved: Optional[dict], current: dict, step: int) -> list:
     """``resumed_with`` of the run_config.json a resumed run writes: the old entries plus this resume's.
 
     A resume may change settings outside :data:`RUN_IDENTITY` (``--max-steps``, ``--save-every``,
-    ``--log-every``, ``--keep-checkpoints``, ``--num-workers``, ``--eval-*``...). The file then holds the
+    ``--log-every``, ``--keep-checkpoints``, ``--num-workers``, ``--match-in``, ``--eval-*``...). The file then holds the
     current values, and each resume that changed something adds ``{"step": S, "changed": {key: [old, new]}}``
     so nobody reads them as the settings of the whole run.
     """
