@@ -43,6 +43,10 @@ def test_plans_made_in_loader_workers_train_exactly_as_plans_made_in_the_step(tm
     assert step_summary["replica_checksums"] == loader_summary["replica_checksums"]
     assert step_summary["loader_match_cpu_s"] == 0 < loader_summary["loader_match_cpu_s"]
     assert loader_summary["data_wait_s"] >= 0
+    from simwnw_hf.train.report import run_report
+
+    assert "block matching ran in the DataLoader workers" in run_report(loader_summary, tmp_path / "loader")
+    assert "DataLoader workers" not in run_report(step_summary, tmp_path / "step")
 
 
 def test_auto_matches_in_the_loader_only_with_workers():

@@ -69,6 +69,9 @@ def run_report(summary: dict, output_dir, total_s: Optional[float] = None, skipp
         cost = f"training FLOPs: {format_flops(actual)} (dense)"
     lines.append(cost)
     wall = f"wall time: training steps {format_seconds(summary.get('wall_time_s'))}"
+    if summary.get("loader_match_cpu_s"):  # the matching moved off the steps: say where its cost went
+        wall += (f" (block matching ran in the DataLoader workers: {format_seconds(summary['loader_match_cpu_s'])} "
+                 f"CPU; steps waited {format_seconds(summary.get('data_wait_s'))} for data)")
     if total_s is not None:
         wall += f", whole run {format_seconds(total_s)} (data, checkpoints, evaluation included)"
     lines.append(wall + f"; files in {output_dir}")
