@@ -16,16 +16,22 @@ the step wall time (``train_time_s``) and the time spent waiting for batches bet
 (neighbours in time, so drift on a shared machine cancels); we report the median and min-max over
 rounds. The matching FLOPs are the same in both SimWnW arms (same plan, bit for bit: tests/test_loader_plan.py).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/match_in_loader.py --dataset <imagenet-sample>/dev.parquet \\
+    PYTHONPATH=. python benchmarks/match_in_loader.py --dataset <imagenet-sample>/dev.parquet \\
         --model simwnw_resnet50 --image-size 224 --batch-size 8 --threads 1 --rounds 3 \\
-        --out benchmarks/results/match_in_loader.md
+        --out benchmarks/results/matching_overhead.md
+
+Each round's raw numbers are printed as ``round R ARM: {...}``; ``--from-logs LOG...`` rebuilds the table
+from such output, pooling the rounds of several runs (the committed logs are in
+``benchmarks/results/match_in_loader_logs/``).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -63,9 +69,51 @@ def _spread(values) -> str:
     return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
+ROUND_LINE = re.compile(r"^round (\d+) (\w+): (\{.*\})$")
+
+
+def read_logs(paths) -> dict:
+    """Per-arm results of earlier runs from their printed ``round R ARM: {...}`` lines, rounds of all logs in order."""
+    results = {arm: [] for arm in ARMS}
+    for path in paths:
+        rounds = {}
+        for line in Path(path).read_text().splitlines():
+            found = ROUND_LINE.match(line)
+            if found:
+                rounds.setdefault(int(found[1]), {})[found[2]] = ast.literal_eval(found[3])
+        for r in sorted(rounds):
+            if set(rounds[r]) != set(ARMS):
+                raise ValueError(f"{path}: round {r} has arms {sorted(rounds[r])}, expected {sorted(ARMS)}")
+            for arm in ARMS:
+                results[arm].append(rounds[r][arm])
+    if not results["dense"]:
+        raise ValueError(f"no 'round R ARM: {{...}}' lines in {', '.join(map(str, paths))}")
+    return results
+
+
+def table(results: dict, label: str, threads: int, workers: int) -> list:
+    """Markdown rows: per arm, step wall and its ratio to the same round's dense run, data wait, matching CPU."""
+    dense = results["dense"]
+    rows = ["| run | threads + workers | arm | step wall (s) | step ratio to dense | (step + data wait) ratio | "
+            "data wait per step (ms) | worker matching CPU per step (s) | FLOPs saved |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for arm in ARMS:
+        got = results[arm]
+        step = [g["step_s"] / d["step_s"] for g, d in zip(got, dense)]
+        total = [(g["step_s"] + g["wait_s"]) / (d["step_s"] + d["wait_s"]) for g, d in zip(got, dense)]
+        wait = [1e3 * g["wait_s"] for g in got]
+        rows.append(f"| {label} | {threads} + {workers} | {arm} | {_spread([g['step_s'] for g in got])} | "
+                    f"**{_spread(step)}** | {_spread(total)} | {statistics.median(wait):.1f} ({min(wait):.1f}-{max(wait):.1f}) | "
+                    f"{statistics.median(g['match_cpu_s'] for g in got):.3f} | "
+                    f"{statistics.median(g['flops_saving_pct'] for g in got):.1f}% |")
+    per_round = [lo["step_s"] / st["step_s"] for lo, st in zip(results["loader"], results["step"])]
+    rows += ["", f"loader / step per round ({len(per_round)} rounds): {_spread(per_round)}"]
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", required=True, help="parquet file/folder, image folder or Hub id")
+    p.add_argument("--dataset", help="parquet file/folder, image folder or Hub id (needed unless --from-logs)")
     p.add_argument("--model", default="simwnw_resnet50")
     p.add_argument("--model-flags", default="", help="more flags of every arm, e.g. '--model-args {...}'")
     p.add_argument("--prune-flags", default="--simwnw",
@@ -78,33 +126,30 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the training process")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", help="append the markdown rows to this file")
+    p.add_argument("--from-logs", nargs="+", metavar="LOG",
+                   help="no runs: rebuild the table from the printed output of earlier runs (their rounds pooled)")
     args = p.parse_args()
     if not 1 <= args.warmup < args.steps:
         p.error("--warmup must be at least 1 and below --steps")
-    results = {arm: [] for arm in ARMS}
-    names = list(ARMS)
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):
-            order = names[r % len(names):] + names[:r % len(names)]
-            for arm in order:
-                results[arm].append(run_arm(args, arm, Path(tmp) / f"{arm}-{r}"))
-                print(f"round {r} {arm}: {results[arm][-1]}", flush=True)
-    dense = results["dense"]
-    label = f"{args.model} {args.image_size}px b{args.batch_size}"
-    rows = ["| run | threads + workers | arm | step wall (s) | step ratio to dense | (step + data wait) ratio | "
-            "worker matching CPU per step (s) | FLOPs saved |", "|---|---|---|---|---|---|---|---|"]
-    for arm in names:
-        got = results[arm]
-        step = [g["step_s"] / d["step_s"] for g, d in zip(got, dense)]
-        total = [(g["step_s"] + g["wait_s"]) / (d["step_s"] + d["wait_s"]) for g, d in zip(got, dense)]
-        rows.append(f"| {label} | {args.threads} + {args.num_workers} | {arm} | {_spread([g['step_s'] for g in got])} | "
-                    f"**{_spread(step)}** | {_spread(total)} | {statistics.median(g['match_cpu_s'] for g in got):.3f} | "
-                    f"{statistics.median(g['flops_saving_pct'] for g in got):.1f}% |")
+    if args.from_logs:
+        results = read_logs(args.from_logs)
+    elif not args.dataset:
+        p.error("--dataset is needed to run the arms (or pass --from-logs)")
+    else:
+        results = {arm: [] for arm in ARMS}
+        names = list(ARMS)
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in range(args.rounds):
+                order = names[r % len(names):] + names[:r % len(names)]
+                for arm in order:
+                    results[arm].append(run_arm(args, arm, Path(tmp) / f"{arm}-{r}"))
+                    print(f"round {r} {arm}: {results[arm][-1]}", flush=True)
+    rows = table(results, f"{args.model} {args.image_size}px b{args.batch_size}", args.threads, args.num_workers)
     print("\n".join(rows))
     if args.out:
-        append_rows(args.out, rows, note=f"{args.rounds} rounds x {args.steps} steps (first {args.warmup} left out), "
-                                         f"dataset {Path(args.dataset).name}")
-
+        source = f"pooled from {', '.join(Path(f).name for f in args.from_logs)}" if args.from_logs else \
+            f"{args.rounds} rounds x {args.steps} steps (first {args.warmup} left out), dataset {Path(args.dataset).name}"
+        append_rows(args.out, rows, note=source)
 
 if __name__ == "__main__":
     main()

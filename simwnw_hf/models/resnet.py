@@ -95,7 +95,7 @@ class SimWnWResNet(ResNet):
         planner equals this one (same settings, same normalisation)."""
         cfg = getattr(self, "pretrained_cfg", None) or {}
         mean, std = cfg.get("mean", IMAGENET_DEFAULT_MEAN), cfg.get("std", IMAGENET_DEFAULT_STD)
-        return BlockMatchPlanner(self.pair_settings, tuple(float(m) for m in mean), tuple(float(s) for s in std))
+        return BlockMatchPlanner(self.pair_settings, mean, std)
 
     def plan_pair(self, x1: torch.Tensor, x2: torch.Tensor, g1, g2, **overrides) -> PairPlan:
         """Block-match the two views (paper §4.1) with :attr:`pair_settings` (``overrides`` replace fields).

@@ -107,8 +107,7 @@ class SimWnWVisionTransformer(VisionTransformer):
         if cfg.get("mean") is None or cfg.get("std") is None:
             raise ValueError("SimWnW token removal needs pretrained_cfg mean/std to recover [0, 1] pixels; "
                              "create the model with timm.create_model")
-        return TokenMatchPlanner(self.pair_settings, int(patch[0]), tuple(float(m) for m in cfg["mean"]),
-                                 tuple(float(s) for s in cfg["std"]))
+        return TokenMatchPlanner(self.pair_settings, patch[0], cfg["mean"], cfg["std"])
 
     def forward_pair(self, x1: torch.Tensor, x2: torch.Tensor, plan: Optional[PairPlan] = None
                      ) -> Tuple[torch.Tensor, torch.Tensor, PairStats]:

@@ -23,6 +23,11 @@ from .stats import PairPlan
 __all__ = ["BlockMatchPlanner", "TokenMatchPlanner"]
 
 
+def _floats(values) -> Tuple[float, ...]:
+    """A ``pretrained_cfg`` mean/std (list, tuple, numpy) as a tuple of floats: hashable, comparable, picklable."""
+    return tuple(float(v) for v in values)
+
+
 def _pixels(x: torch.Tensor, mean: Tuple[float, ...], std: Tuple[float, ...]) -> torch.Tensor:
     """Normalised views -> [0, 1] pixels (PSNR, MAX_I = 1), laid out as the matcher reads them."""
     if len(mean) != x.shape[1]:
@@ -43,6 +48,10 @@ class BlockMatchPlanner:
     mean: Tuple[float, ...]
     std: Tuple[float, ...]
 
+    def __post_init__(self):
+        object.__setattr__(self, "mean", _floats(self.mean))
+        object.__setattr__(self, "std", _floats(self.std))
+
     def __call__(self, x1: torch.Tensor, x2: torch.Tensor, g1: Geometry, g2: Geometry) -> PairPlan:
         settings = self.settings.resolve(x1.shape[-2])
         with torch.no_grad():
@@ -61,6 +70,11 @@ class TokenMatchPlanner:
     patch: int
     mean: Tuple[float, ...]
     std: Tuple[float, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "patch", int(self.patch))
+        object.__setattr__(self, "mean", _floats(self.mean))
+        object.__setattr__(self, "std", _floats(self.std))
 
     def __call__(self, x1: torch.Tensor, x2: torch.Tensor, g1: Geometry, g2: Geometry) -> PairPlan:
         from simwnw_hf.tokens import build_pair_pruner   # tokens imports this package's settings

@@ -36,8 +36,10 @@ def _to(value, device, non_blocking: bool):
     if torch.is_tensor(value):
         return value.to(device, non_blocking=non_blocking)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        moved = {f.name: _to(getattr(value, f.name), device, non_blocking) for f in dataclasses.fields(value)}
-        return dataclasses.replace(value, **moved)
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        moved = {k: _to(v, device, non_blocking) for k, v in fields.items()}
+        changed = {k: v for k, v in moved.items() if v is not fields[k]}
+        return dataclasses.replace(value, **changed) if changed else value   # settings pass unchanged
     return value
 
 

@@ -38,13 +38,19 @@ from simwnw_hf.pruning.stats import PairPlan, PairStats
 
 from .loader_plan import LoaderPlan
 
-__all__ = ["PairPlan", "PairStats", "supports_pair_pruning", "plan_pair", "plan_stats", "encode_pair",
+__all__ = ["PairPlan", "PairStats", "supports_pair_pruning", "pair_planner", "plan_pair", "plan_stats", "encode_pair",
            "encode_view"]
 
 
 def supports_pair_pruning(encoder: nn.Module) -> bool:
     """True when the encoder has pruning configured and would prune a pair of views."""
     return callable(getattr(encoder, "forward_pair", None)) and bool(getattr(encoder, "pair_pruning_enabled", False))
+
+
+def pair_planner(encoder: nn.Module):
+    """The encoder's ``pair_planner()`` (what its ``plan_pair`` computes, as a picklable value), or None
+    when it has none or its pruning plans nothing from pixels."""
+    return encoder.pair_planner() if callable(getattr(encoder, "pair_planner", None)) else None
 
 
 def plan_pair(encoder: nn.Module, x1: torch.Tensor, x2: torch.Tensor, g1: Geometry | None = None,
@@ -60,7 +66,7 @@ def plan_pair(encoder: nn.Module, x1: torch.Tensor, x2: torch.Tensor, g1: Geomet
         return None
     if made is None:
         return encoder.plan_pair(x1, x2, g1, g2)
-    planner = encoder.pair_planner() if callable(getattr(encoder, "pair_planner", None)) else None
+    planner = pair_planner(encoder)
     if made.planner != planner:
         raise ValueError(f"the batch's pair plan was made by {made.planner!r}, but this encoder plans with "
                          f"{planner!r}; build the DataLoader's PlanInLoader from this encoder's pair_planner()")

@@ -118,7 +118,7 @@ class TrainConfig:
         if self.match_in == "loader" and self.num_workers <= 0:
             raise ValueError("--match-in loader needs --num-workers 1 or more: with no worker process the matching "
                              "would run between steps, outside the step time the run reports")
-        if self.match_in == "loader" and not (self.simwnw or self.token_pruning == "simwnw"):
+        if self.match_in == "loader" and not self.plans_from_pixels:
             raise ValueError("--match-in loader moves SimWnW's block matching; add --simwnw (CNNs) or "
                              "--token-pruning simwnw (ViTs), or drop --match-in")
         settings = self.pruning  # validates the pruning settings now, before anything is built
@@ -126,10 +126,15 @@ class TrainConfig:
             check_gating_fit(settings, self.framework)
 
     @property
+    def plans_from_pixels(self) -> bool:
+        """True for the methods whose plan is block matching of the views (SimWnW on CNNs and ViT tokens)."""
+        return bool(self.simwnw or self.token_pruning == "simwnw")
+
+    @property
     def matches_in_loader(self) -> bool:
         """True when the DataLoader makes the pair plans (``--match-in``, ``auto`` resolved)."""
         if self.match_in == "auto":
-            return self.num_workers > 0 and bool(self.simwnw or self.token_pruning == "simwnw")
+            return self.num_workers > 0 and self.plans_from_pixels
         return self.match_in == "loader"
 
     @property

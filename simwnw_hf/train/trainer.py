@@ -38,6 +38,7 @@ from simwnw_hf.pruning import BackRazorSettings, PairStats, pruning_record, repo
 from simwnw_hf.ssl.base import ADAMW_LR, ADAMW_WEIGHT_DECAY
 from simwnw_hf.ssl.frameworks import FRAMEWORKS
 from simwnw_hf.ssl.loader_plan import PlanInLoader, loader_plan
+from simwnw_hf.ssl.pair import pair_planner
 
 from .checkpoint import (checkpoint_dirs, find_resumable_checkpoint, load_trainer_state, remove_leftovers,
                          save_checkpoint)
@@ -241,7 +242,7 @@ def _collate(cfg: TrainConfig, backbone: torch.nn.Module):
     collate = SkipUnreadable()
     if not cfg.matches_in_loader:
         return collate
-    planner = backbone.pair_planner() if callable(getattr(backbone, "pair_planner", None)) else None
+    planner = pair_planner(backbone)
     if planner is None:
         if cfg.match_in == "loader":
             raise ValueError(f"--match-in loader: {cfg.model} plans nothing from pixels (its pruning decides inside "
