@@ -193,7 +193,7 @@ def test_help_describes_every_flag_with_default_and_choices():
     assert docs["framework_args"].startswith("JSON dict of framework kwargs, e.g. '{\"hidden_dim\"")
     assert "(default: 32)" in " ".join(text.split())
     assert "{simclr,simsiam,byol,moco,vicreg,dino}" in text
-    assert "{lean,reference,auto}" in text
+    assert "{fused,lean,reference,auto}" in text
 
 
 def test_help_lists_the_framework_args_keys():

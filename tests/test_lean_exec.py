@@ -10,7 +10,8 @@ import torch.nn as nn
 from timm.models.resnet import BasicBlock, Bottleneck
 
 from simwnw_hf.models.resnet import SimWnWResNet
-from simwnw_hf.models.resnet_pair import lean_forward_features, masked_forward_features, select_executor
+from simwnw_hf.models.resnet_pair import (fused_forward_features, lean_forward_features, masked_forward_features,
+                                         select_executor)
 from simwnw_hf.simwnw.flops import trace_flops
 from simwnw_hf.simwnw.lean_exec import lean_batch_norm, wax_compact, zero_by_mask, zero_relu_output_, zeroable_relu
 from simwnw_hf.simwnw.masked_exec import MaskRecord, masked_batch_norm
@@ -65,7 +66,7 @@ def _run(executor, model, xs, rs, expand_args, wax_kw=None):
     xs = [x.clone().requires_grad_(True) for x in xs]
     expand = None
     if expand_args is not None:
-        expand = pair_expander(*expand_args, wax_fn=wax_compact if executor is lean_forward_features else None,
+        expand = pair_expander(*expand_args, wax_fn=None if executor is masked_forward_features else wax_compact,
                                **(wax_kw or {}))
     hs, masks, trace = executor(model, xs, rs, expand)
     if torch.is_grad_enabled():
@@ -73,7 +74,8 @@ def _run(executor, model, xs, rs, expand_args, wax_kw=None):
     return hs, masks, trace, xs
 
 
-def _compare(block, cifar_stem, size, train, masks_kind, threshold=20.0, rings=2, **wax_kw):
+def _compare(block, cifar_stem, size, train, masks_kind, threshold=20.0, rings=2, executor=lean_forward_features,
+             **wax_kw):
     ref_model = _model(block, cifar_stem).train(train)
     lean_model = copy.deepcopy(ref_model)
     b = 2
@@ -90,8 +92,8 @@ def _compare(block, cifar_stem, size, train, masks_kind, threshold=20.0, rings=2
         rs = [_paint(src.expand(b, -1, -1), similar, blk, size, size), _paint(match, similar, blk, size, size)]
         expand_args = (src, match, similar, blk, (size, size), threshold, rings)
     out = {}
-    for key, executor, model in (("ref", masked_forward_features, ref_model), ("lean", lean_forward_features, lean_model)):
-        out[key] = _run(executor, model, [x1, x2], rs, expand_args, wax_kw)
+    for key, run, model in (("ref", masked_forward_features, ref_model), ("lean", executor, lean_model)):
+        out[key] = _run(run, model, [x1, x2], rs, expand_args, wax_kw)
     (hr, mr, tr, xr), (hl, ml, tl, xl) = out["ref"], out["lean"]
     for a, c in zip(hr, hl):
         torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-8)
@@ -127,6 +129,42 @@ def _compare(block, cifar_stem, size, train, masks_kind, threshold=20.0, rings=2
 def test_lean_equals_reference(block, cifar_stem, size, train, masks_kind):
     fr, _ = _compare(block, cifar_stem, size, train, masks_kind)
     assert fr["kept_flops"] < fr["dense_flops"]
+
+
+@pytest.mark.parametrize("block,cifar_stem,size", [(BasicBlock, True, 17), (Bottleneck, False, 37)])
+@pytest.mark.parametrize("masks_kind", ["random", "matched"])
+def test_fused_equals_reference(block, cifar_stem, size, masks_kind):
+    """Compiled kept-BatchNorm kernels (``fused``): the reference's outputs, gradients, statistics and
+    masks, and the kernels really compiled (no silent fallback to the eager ops)."""
+    from simwnw_hf.simwnw import lean_exec
+
+    _compare(block, cifar_stem, size, True, masks_kind, executor=fused_forward_features, decision="spatial")
+    assert lean_exec._FUSED_FORWARD.failed is None and lean_exec._FUSED_BACKWARD.failed is None
+
+
+def test_fused_kernel_falls_back_to_eager_in_one_warning(monkeypatch):
+    """A machine where Inductor cannot compile (no C++ compiler...) still trains: one warning, eager
+    kernels from then on, the same numbers."""
+    from simwnw_hf.simwnw import fused_kernels, lean_exec
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found\nsecond line")
+
+    kernel = fused_kernels.FusedKernel(fused_kernels.kept_bn_forward, lean_exec._kept_bn_forward_eager, "test")
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: broken)
+    torch.manual_seed(0)
+    keep = (torch.rand(2, 1, 5, 5) > 0.3).double()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64) * keep
+    args = (x, torch.rand(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64), keep, keep.sum(), 1e-5, True)
+    with pytest.warns(RuntimeWarning, match="could not be compiled .*InvalidCxxCompiler: no working C\\+\\+ compiler found\\); "):
+        out = kernel(*args)
+    assert kernel.failed.startswith("RuntimeError: InvalidCxxCompiler") and "second line" not in kernel.failed
+    for a, b in zip(out, lean_exec._kept_bn_forward_eager(*args)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernel(*args)  # no second warning
 
 
 def test_lean_equals_reference_when_waxing_passes_per_channel():
@@ -173,8 +211,9 @@ def test_lean_spatial_waxing_keeps_masks_compact_and_grows():
     assert grown["spatial"] < trace_flops(trace0)["spatial_kept_flops"]  # spatial rings really pass here
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("momentum,size", [(0.1, (5, 7)), (None, (5, 7)), (0.1, (9, 11))])
-def test_lean_batch_norm_equals_reference(momentum, size):
+def test_lean_batch_norm_equals_reference(momentum, size, fused):
     torch.manual_seed(3)
     removed = torch.rand(3, 1, *size) < 0.4
     x = (torch.randn(3, 4, *size, dtype=torch.float64) * 2 + 1).masked_fill(removed, 0)
@@ -188,7 +227,7 @@ def test_lean_batch_norm_equals_reference(momentum, size):
         outs = []
         for i, bn in enumerate(bns):
             xi = x.clone().requires_grad_(True)
-            y = lean_batch_norm(bn, xi, removed, relu=True) if i else torch.relu(masked_batch_norm(bn, xi, removed))
+            y = lean_batch_norm(bn, xi, removed, relu=True, fused=fused) if i else torch.relu(masked_batch_norm(bn, xi, removed))
             (y * torch.arange(y.numel(), dtype=y.dtype).view_as(y).sin()).sum().backward()
             outs.append((y, xi.grad, bn.weight.grad.clone(), bn.bias.grad.clone()))
             bn.zero_grad()

@@ -54,7 +54,7 @@ def test_simwnw_resnet_stats_reach_metrics_summary_and_record(tmp_path, options)
     saved = _check_stats_reach_every_output(tmp_path, summary, lines, ("removal_ratio",))
     # the resolved settings are recorded: 5 px blocks and a 10 px window at 32 px, max_rings, waxing, executor
     assert saved["pruning"] == {"method": "simwnw", "block_size": 5, "psnr_threshold": 20.0, "search_window": 10,
-                                "max_rings": 2, "executor": options.get("simwnw_executor", "lean"),
+                                "max_rings": 2, "executor": options.get("simwnw_executor", "fused"),
                                 "wax_decision": options.get("wax_decision", "spatial"),  # the default
                                 "wax_peak": options.get("wax_peak", "channel")}
 

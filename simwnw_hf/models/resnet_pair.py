@@ -4,16 +4,18 @@ The mechanisms (masked conv / BatchNorm / max-pool, waning and waxing) live in `
 and know nothing of ResNets; this adapter knows the timm ``ResNet`` / ``BasicBlock`` /
 ``Bottleneck`` layout and where SimWnW waxes (semantics in ``simwnw.masked_exec``'s docstring).
 
-Two executors share this walker and compute the same numbers (``tests/test_lean_exec.py``):
+The executors share this walker and compute the same numbers (``tests/test_lean_exec.py``):
 
 * ``reference``: ``masked_exec`` mechanisms, per-channel masks, every step spelled out. The
   definition and the test oracle.
 * ``lean``: ``lean_exec`` mechanisms (compact masks, no re-zeroing of what is zero by
-  construction, one-reduction BatchNorm with a fused ReLU). The default.
-* ``auto``: ``lean`` plus ``skip_exec``: 1x1 convs are computed at kept positions only where a
+  construction, one-reduction BatchNorm with a fused ReLU), eager ops.
+* ``fused``: ``lean`` with kept BatchNorm as compiled kernels (``fused_kernels``; eager where
+  compiling fails).
+* ``auto``: ``fused`` plus ``skip_exec``: 1x1 convs are computed at kept positions only where a
   per-layer calibration on this machine measured that faster than the dense conv.
 
-Both have the signature ``executor(model, xs, removed, expand) -> (features, masks, trace)``;
+All have the signature ``executor(model, xs, removed, expand) -> (features, masks, trace)``;
 :func:`select_executor` maps a name (``reference``, ``lean``, ``auto``) to one. Masks returned by
 the lean executor may be ``(B, 1, H, W)`` where the reference's are ``(B, C, H, W)`` with equal
 channels; expanded, they are identical.
@@ -35,7 +37,8 @@ from simwnw_hf.simwnw.masked_exec import (
     ConvRecord, Expand, MaskRecord, WaxRecord, masked_batch_norm, masked_conv2d, masked_max_pool2d, zero_removed,
 )
 
-__all__ = ["masked_forward_features", "lean_forward_features", "auto_forward_features", "select_executor",
+__all__ = ["masked_forward_features", "lean_forward_features", "fused_forward_features", "auto_forward_features",
+           "select_executor",
            "wax_for_executor", "EXECUTORS",
            "stage_masks"]
 
@@ -43,9 +46,10 @@ __all__ = ["masked_forward_features", "lean_forward_features", "auto_forward_fea
 class _Ops:
     """Per-executor layer operations on the lists of both views (``hs`` tensors, ``rs`` masks)."""
 
-    def __init__(self, lean: bool, cost_model=None):
+    def __init__(self, lean: bool, cost_model=None, fused: bool = False):
         self.lean = lean
         self.cost_model = cost_model  # skip_exec.SkipCostModel: skip 1x1 convs where measured faster (auto)
+        self.fused = fused  # kept BatchNorm by compiled kernels (fused_kernels)
 
     def conv(self, name, conv, hs, rs, trace, image_input=False):
         if not isinstance(conv, nn.Conv2d):
@@ -74,7 +78,7 @@ class _Ops:
         if not isinstance(bn, nn.BatchNorm2d):
             raise NotImplementedError(f"{name}: masked execution needs nn.BatchNorm2d, got {type(bn).__name__}")
         if self.lean and (act is None or isinstance(act, nn.ReLU)):
-            return [lean_batch_norm(bn, h, r, relu=act is not None) for h, r in zip(hs, rs)]
+            return [lean_batch_norm(bn, h, r, relu=act is not None, fused=self.fused) for h, r in zip(hs, rs)]
         ys = [masked_batch_norm(bn, h, r) for h, r in zip(hs, rs)]
         return ys if act is None else self.act(act, ys, rs)
 
@@ -220,7 +224,8 @@ def _walk(ops: _Ops, model: nn.Module, xs: Sequence[torch.Tensor], removed: Sequ
     return hs, rs, trace
 
 
-_REFERENCE, _LEAN, _AUTO = _Ops(lean=False), _Ops(lean=True), _Ops(lean=True, cost_model=default_cost_model)
+_REFERENCE, _LEAN, _FUSED = _Ops(lean=False), _Ops(lean=True), _Ops(lean=True, fused=True)
+_AUTO = _Ops(lean=True, cost_model=default_cost_model, fused=True)
 
 
 def masked_forward_features(model: nn.Module, xs: Sequence[torch.Tensor], removed: Sequence[torch.Tensor],
@@ -245,30 +250,43 @@ def lean_forward_features(model: nn.Module, xs: Sequence[torch.Tensor], removed:
     return _walk(_LEAN, model, xs, removed, expand)
 
 
+def fused_forward_features(model: nn.Module, xs: Sequence[torch.Tensor], removed: Sequence[torch.Tensor],
+                           expand: Optional[Expand] = None):
+    """:func:`lean_forward_features` with kept BatchNorm as compiled kernels (``simwnw.fused_kernels``).
+
+    The same numbers to float rounding; the first step compiles (seconds; Inductor caches the code on
+    disk for later runs). Where compiling fails it warns once and runs the lean executor's eager ops.
+    """
+    return _walk(_FUSED, model, xs, removed, expand)
+
+
 def auto_forward_features(model: nn.Module, xs: Sequence[torch.Tensor], removed: Sequence[torch.Tensor],
                           expand: Optional[Expand] = None, cost_model=None):
-    """:func:`lean_forward_features` that skips removed positions of 1x1 convs where that measured faster.
+    """:func:`fused_forward_features` that skips removed positions of 1x1 convs where that measured faster.
 
     Per conv and kept share, ``skip_exec.default_cost_model`` times dense vs skipping once on this
     machine (a short calibration the first time a case appears) and keeps the faster; everything else
     runs as in the lean executor. Same numbers (to float rounding: a matrix product instead of the
     conv kernel), same masks and trace. ``cost_model``: another ``SkipCostModel`` (tests, tuning).
     """
-    return _walk(_AUTO if cost_model is None else _Ops(lean=True, cost_model=cost_model), model, xs, removed, expand)
+    ops = _AUTO if cost_model is None else _Ops(lean=True, cost_model=cost_model, fused=True)
+    return _walk(ops, model, xs, removed, expand)
 
 
 Executor = Callable[..., tuple]
-EXECUTORS = {"reference": masked_forward_features, "lean": lean_forward_features, "auto": auto_forward_features}
+EXECUTORS = {"reference": masked_forward_features, "lean": lean_forward_features, "fused": fused_forward_features,
+             "auto": auto_forward_features}
 
 
 def select_executor(name: str) -> Executor:
-    """The pair-path executor called ``name``: ``reference``, ``lean`` or ``auto``.
+    """The pair-path executor called ``name``: ``reference``, ``lean``, ``fused`` or ``auto``.
 
     For ``--simwnw-executor``; every executor takes ``(model, xs, removed, expand)`` and returns
-    ``(features, masks, trace)``. ``auto`` is ``lean`` plus measured skipping of 1x1 convs.
+    ``(features, masks, trace)``. ``fused`` is ``lean`` with compiled kept-BatchNorm kernels;
+    ``auto`` is ``fused`` plus measured skipping of 1x1 convs.
     """
     if name not in EXECUTORS:
-        raise ValueError(f"unknown SimWnW executor {name!r}; choose one of reference, lean, auto")
+        raise ValueError(f"unknown SimWnW executor {name!r}; choose one of {', '.join(EXECUTORS)}")
     return EXECUTORS[name]
 
 

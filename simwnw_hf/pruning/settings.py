@@ -35,7 +35,7 @@ def _finite(name: str, value) -> float:
     return float(value)
 
 
-SIMWNW_EXECUTORS = ("lean", "reference", "auto")
+SIMWNW_EXECUTORS = ("fused", "lean", "reference", "auto")
 WAX_DECISIONS = ("channel", "spatial")  # = simwnw.masks.WAX_DECISIONS (held equal by a test; no torch import here)
 WAX_PEAKS = ("channel", "map")
 
@@ -54,9 +54,11 @@ class SimWnWSettings:
         channel); the same kept FLOPs and kNN accuracy within noise, but 1.13-1.4x the dense step:
         ``benchmarks/results/simwnw_step.md``, ``waxing_options.md``; ``simwnw.masks``).
     wax_peak: the feature-map PSNR's MAX: ``channel`` (default) or ``map`` (all channels of the map).
-    executor: how the pair path runs (``models.resnet_pair.select_executor``): ``lean`` (default: the
-        reference's numbers with less bookkeeping), ``reference`` (the definition, the test oracle) or
-        ``auto`` (lean, plus 1x1 convs computed at kept positions only where a per-layer calibration
+    executor: how the pair path runs (``models.resnet_pair.select_executor``): ``fused`` (default: the
+        lean executor with kept BatchNorm as compiled kernels, ``simwnw.fused_kernels``; the first step
+        compiles, and where compiling fails it warns once and runs ``lean``), ``lean`` (the reference's
+        numbers with less bookkeeping, eager ops), ``reference`` (the definition, the test oracle) or
+        ``auto`` (fused, plus 1x1 convs computed at kept positions only where a per-layer calibration
         on this machine measured that faster; ``simwnw.skip_exec``). It changes time, never the numbers
         (beyond float rounding).
     """
@@ -65,7 +67,7 @@ class SimWnWSettings:
     psnr_threshold: float = 20.0
     search_window: Optional[int] = None
     max_rings: int = 2
-    executor: str = "lean"
+    executor: str = "fused"
     wax_decision: str = "spatial"
     wax_peak: str = "channel"
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from .masked_exec import masked_batch_norm
 from .masks import (PEAK_FLOPS, PSNR_PAIR_FLOPS, Correspondence, WaxResult, active_inputs, check_wax_inputs,
                     ring_distance, wax_peak)
+from .fused_kernels import FusedKernel, kept_bn_backward, kept_bn_forward
 from .skip_exec import skip_conv1x1
 
 __all__ = ["lean_conv2d", "lean_batch_norm", "zeroable_relu", "wax_compact", "wax_spatial_compact", "compact_mask",
@@ -111,57 +112,86 @@ def zeroable_relu(a: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Te
     return _ZeroableRelu.apply(a, b)
 
 
+def _kept_bn_forward_eager(x, weight, bias, keep, n, eps: float, relu: bool):
+    """``fused_kernels.kept_bn_forward`` in eager ops chosen for CPU speed (same signature and values).
+
+    Sum and sum of squares over all positions (= over kept ones, removed are 0) divided by the kept
+    count ``n``; one affine pass; mask (multiply, not ``where``: several times faster on CPU); ReLU in
+    place.
+    """
+    c = x.shape[1]
+    mean = x.sum(dim=(0, 2, 3)) / n
+    var = ((x * x).sum(dim=(0, 2, 3)) / n - mean.square()).clamp_min(0)  # biased
+    invstd = torch.rsqrt(var + eps)
+    scale = invstd * weight
+    shift = bias - mean * scale
+    y = torch.addcmul(shift.view(1, c, 1, 1), x, scale.view(1, c, 1, 1))
+    y.mul_(keep)
+    if relu:
+        y.relu_()
+    return y, mean, var, invstd
+
+
+def _kept_bn_backward_eager(gy, out, x, keep, mean, invstd, weight, n, relu: bool):
+    """``fused_kernels.kept_bn_backward`` in eager ops: ReLU's own backward kernel (``y > 0`` only at
+    kept positions, so it also applies the mask), then ``sum g`` and ``sum g * xhat`` in one fused
+    native pass (``g`` is 0 where removed, so the sums are over kept positions)."""
+    c = x.shape[1]
+    g = torch.ops.aten.threshold_backward(gy, out, 0) if relu else gy * keep
+    _, dxhat, dbias = torch.ops.aten.native_batch_norm_backward(
+        g, x, weight, None, None, mean, invstd, True, 0.0, [False, True, True])
+    w = invstd * weight
+    c2 = -w * invstd * dxhat / n
+    c3 = -w * dbias / n - c2 * mean
+    dx = torch.addcmul(c3.view(1, c, 1, 1), g, w.view(1, c, 1, 1))
+    dx.addcmul_(x, c2.view(1, c, 1, 1)).mul_(keep)  # removed positions get no gradient
+    return dx, dxhat, dbias
+
+
+_FUSED_FORWARD = FusedKernel(kept_bn_forward, _kept_bn_forward_eager, "kept_bn_forward")
+_FUSED_BACKWARD = FusedKernel(kept_bn_backward, _kept_bn_backward_eager, "kept_bn_backward")
+
+
 class _KeptBatchNorm(torch.autograd.Function):
     """Training-mode BatchNorm over kept positions of a map that is zero where removed, ReLU fused.
 
-    Forward: sum and sum of squares over all positions (= over kept ones, removed are 0) divided by
-    the kept count ``n``; one affine pass; mask (multiply); ReLU in place. Backward: the BatchNorm
-    gradient restricted to kept positions, ``dx = g*r*w - r*w/n * (sum g + xhat * sum g*xhat)``.
-    With the ReLU, the output is kept as an alias rather than a saved variable, so that
-    :func:`zero_relu_output_` may zero it in place (see there why that is exact).
+    Forward: batch statistics from sums over all positions divided by the kept count ``n``, then
+    affine, mask and ReLU. Backward: the BatchNorm gradient restricted to kept positions,
+    ``dx = g*r*w - r*w/n * (sum g + xhat * sum g*xhat)``. ``fused``: run both as compiled kernels
+    (``fused_kernels``), else as eager ops. With the ReLU, the output is kept as an alias rather
+    than a saved variable, so that :func:`zero_relu_output_` may zero it in place (see there why
+    that is exact).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, keep, n, eps: float, relu: bool):
+    def forward(ctx, x, weight, bias, keep, n, eps: float, relu: bool, fused: bool):
         c = x.shape[1]
+        weight = x.new_ones(c) if weight is None else weight
+        bias = x.new_zeros(c) if bias is None else bias
         nc = n.clamp(min=1)
-        mean = x.sum(dim=(0, 2, 3)) / nc  # sums over all positions = sums over kept ones
-        var = ((x * x).sum(dim=(0, 2, 3)) / nc - mean.square()).clamp_min(0)  # biased
-        invstd = torch.rsqrt(var + eps)
-        scale = invstd if weight is None else invstd * weight
-        shift = -mean * scale if bias is None else bias - mean * scale
-        y = torch.addcmul(shift.view(1, c, 1, 1), x, scale.view(1, c, 1, 1))
-        y.mul_(keep)  # multiply, not where: several times faster on CPU
-        if relu:
-            y.relu_()
-        ctx.relu = relu
+        y, mean, var, invstd = (_FUSED_FORWARD if fused else _kept_bn_forward_eager)(x, weight, bias, keep, nc, eps, relu)
+        ctx.relu, ctx.fused = relu, fused
         ctx.out = y.detach() if relu else None  # an alias: sees zero_relu_output_'s writes
-        ctx.save_for_backward(x, keep, mean, invstd, weight, n.clamp(min=1))
+        ctx.save_for_backward(x, keep, mean, invstd, weight, nc)
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
     @staticmethod
     def backward(ctx, gy, _gmean, _gvar):
         x, keep, mean, invstd, weight, n = ctx.saved_tensors
-        c = x.shape[1]
-        # ReLU's own backward kernel; y > 0 only at kept positions, so it also applies the mask
-        g = torch.ops.aten.threshold_backward(gy, ctx.out, 0) if ctx.relu else gy * keep
-        # sum g and sum g * xhat in one fused pass (native kernel; g is 0 where removed, so sums are over kept)
-        _, dxhat, dbias = torch.ops.aten.native_batch_norm_backward(
-            g, x, torch.ones_like(invstd) if weight is None else weight, None, None, mean, invstd, True, 0.0,
-            [False, True, True])
-        w = invstd if weight is None else invstd * weight
-        c2 = -w * invstd * dxhat / n
-        c3 = -w * dbias / n - c2 * mean
-        dx = torch.addcmul(c3.view(1, c, 1, 1), g, w.view(1, c, 1, 1))
-        dx.addcmul_(x, c2.view(1, c, 1, 1)).mul_(keep)  # removed positions get no gradient
-        dweight = dxhat if weight is not None and ctx.needs_input_grad[1] else None
+        kernel = _FUSED_BACKWARD if ctx.fused else _kept_bn_backward_eager
+        dx, dweight, dbias = kernel(gy, ctx.out, x, keep, mean, invstd, weight, n, ctx.relu)
+        dweight = dweight if ctx.needs_input_grad[1] else None
         dbias = dbias if ctx.needs_input_grad[2] else None
-        return dx, dweight, dbias, None, None, None, None
+        return dx, dweight, dbias, None, None, None, None, None
 
 
-def lean_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, removed: torch.Tensor, relu: bool = False) -> torch.Tensor:
+def lean_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, removed: torch.Tensor, relu: bool = False,
+                    fused: bool = False) -> torch.Tensor:
     """``masked_batch_norm`` (then ReLU if ``relu``) of a conv output that is zero where removed.
+
+    ``fused``: training-mode statistics, output and gradients by compiled kernels
+    (``fused_kernels``; eager where compiling fails), else by eager ops.
 
     ``removed``: (B, 1, H, W) (a per-channel mask falls back to the reference). Running statistics
     are updated exactly as the reference does. With ``relu`` the output may be zeroed in place by
@@ -176,7 +206,7 @@ def lean_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, removed: torch.Tensor, 
         return zeroable_relu(y) if relu else y
     keep = (~removed).to(x.dtype)
     n = keep.sum()
-    y, mean, var = _KeptBatchNorm.apply(x, bn.weight, bn.bias, keep, n, bn.eps, relu)
+    y, mean, var = _KeptBatchNorm.apply(x, bn.weight, bn.bias, keep, n, bn.eps, relu, fused)
     if bn.training and bn.track_running_stats:
         with torch.no_grad():
             bn.num_batches_tracked.add_(1)

@@ -57,7 +57,7 @@ class TrainConfig:
     psnr_threshold: float = 20.0  # dB: blocks of the two views this similar (or more) are removed
     search_window: Optional[int] = None  # None: 2 x block size
     max_rings: int = 2  # waxing: most rings grown per conv input (simwnw_hf/simwnw/masks.py)
-    simwnw_executor: str = "lean"  # lean | reference | auto: how the SimWnW pair path runs (same numbers, different time)
+    simwnw_executor: str = "fused"  # fused | lean | reference | auto: how the SimWnW pair path runs (same numbers, different time)
     wax_decision: str = "spatial"  # waxing: a ring passes over all channels at once (default, same savings, cheaper) or per channel (the paper's literal reading, 1.13-1.4x the dense step)
     wax_peak: str = "channel"  # waxing: the feature-map PSNR's MAX per channel or over the whole map
     match_in: str = "auto"  # step | loader | auto: where SimWnW's block matching runs; loader = in the --num-workers DataLoader workers, overlapping the step (same plan bit for bit); auto = loader when --num-workers > 0
