@@ -1,11 +1,13 @@
-"""SimWnW training-step cost: wall time of dense vs reference vs lean executors, next to the FLOPs ratio.
+"""SimWnW training-step cost: wall time of dense vs the reference / lean / fused / auto executors, next to FLOPs.
 
 One SimSiam-style encoder step: both views through the encoder (pooled features), symmetric negative
 cosine with stop-gradient, backward. Variants, timed interleaved within every repeat (dense first,
 then each executor) so that drift on a shared machine hits all of them alike:
 
 * dense: ``encoder(x1)``, ``encoder(x2)``; FLOPs from ``torch.utils.flop_counter.FlopCounterMode``;
-* reference / lean / auto: the pair contract (``configure_pair_pruning(SimWnWSettings(executor=...))``,
+* dense-compiled (``--compiled-dense``): the same through ``torch.compile(encoder)``: what compiling alone
+  buys a dense step, to read the ``fused`` executor's compiled BatchNorm against;
+* reference / lean / fused / auto: the pair contract (``configure_pair_pruning(SimWnWSettings(executor=...))``,
   ``plan = plan_pair(x1, x2, g1, g2)``, ``forward_pair(x1, x2, plan)``): block matching + masked
   execution with waxing-and-waning. FLOPs = dense step FLOPs - (``PairStats.dense_flops -
   pruned_flops``) + overhead (``plan.overhead_flops`` matching + ``PairStats.overhead_flops`` waxing).
@@ -100,8 +102,11 @@ def pair_step(model, x1, x2, g1, g2, settings: SimWnWSettings, force: float | No
                 removal=stats.removed_fraction_sum / stats.pairs), t_match
 
 
-def run_case(model, batch, arms, repeats, force):
-    """``arms``: [(label, settings overrides)]; every repeat times dense, then each arm, back to back."""
+def run_case(model, batch, arms, repeats, force, compiled=None):
+    """``arms``: [(label, settings overrides)]; every repeat times dense, then each arm, back to back.
+
+    ``compiled``: ``torch.compile(model)``, timed as arm ``dense-compiled`` right after dense (the same
+    work with fused kernels: what a dense step gains from compiling alone)."""
     x1, x2, g1, g2 = batch
     base = model.pair_settings
     arms = [(label, replace(base, **over)) for label, over in arms]
@@ -111,14 +116,18 @@ def run_case(model, batch, arms, repeats, force):
     for _, settings in arms:
         pair_step(model, x1, x2, g1, g2, settings, force)  # warm-up (and any executor calibration)
     labels = [label for label, _ in arms]
-    times = {k: [] for k in ["dense", *labels]}
-    cpu = {k: [] for k in ["dense", *labels]}
+    dense_arms = {"dense": model} if compiled is None else {"dense": model, "dense-compiled": compiled}
+    for m in dense_arms.values():
+        dense_step(m, x1, x2)  # warm-up (the compiled model compiles here)
+    times = {k: [] for k in [*dense_arms, *labels]}
+    cpu = {k: [] for k in [*dense_arms, *labels]}
     stats, match_t = {}, {k: [] for k in labels}
     for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        dense_step(model, x1, x2)
-        times["dense"].append(time.perf_counter() - t)
-        cpu["dense"].append(time.process_time() - c)
+        for name, m in dense_arms.items():
+            t, c = time.perf_counter(), time.process_time()
+            dense_step(m, x1, x2)
+            times[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
         for label, settings in arms:
             t, c = time.perf_counter(), time.process_time()
             stats[label], tm = pair_step(model, x1, x2, g1, g2, settings, force)
@@ -148,7 +157,7 @@ def profile_steps(model, batch, overrides: dict, rows: int = 20):
 
 
 def match_cell(name: str, res: dict) -> str:
-    return "" if name == "dense" else f"{res['match_pct'][name]:.2f}%"
+    return f"{res['match_pct'][name]:.2f}%" if name in res["match_pct"] else ""
 
 
 def main(argv=None):
@@ -159,8 +168,8 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--executors", default="reference,lean",
-                   help="comma-separated arms: an executor (reference, lean, auto), optionally with SimWnWSettings "
+    p.add_argument("--executors", default="reference,lean,fused",
+                   help="comma-separated arms: an executor (reference, lean, fused, auto), optionally with SimWnWSettings "
                         "overrides, e.g. lean:wax_decision=spatial or auto:max_rings=0")
     p.add_argument("--force-removal", default="", help="comma-separated input removal levels, e.g. 0.3,0.5,0.7 "
                                                        "(real block-matching masks are always measured)")
@@ -168,6 +177,8 @@ def main(argv=None):
     p.add_argument("--max-rings", type=int, default=None, help="waxing rings (default: SimWnWSettings' 2; 0 = no waxing)")
     p.add_argument("--profile", default=None, metavar="ARM",
                    help="instead of timing: torch.profiler self-CPU tables of one dense step and one step of ARM")
+    p.add_argument("--compiled-dense", action="store_true",
+                   help="also time torch.compile(model)'s dense step (arm dense-compiled; compiles for a minute first)")
     p.add_argument("--out", default=None, help="append a markdown table here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -181,10 +192,11 @@ def main(argv=None):
     if args.profile:
         return profile_steps(model, batch, parse_arm(args.profile)[1])
     levels = [None] + [float(v) for v in args.force_removal.split(",") if v]
+    compiled = torch.compile(model) if args.compiled_dense else None
     lines = []
     for force in levels:
-        res = run_case(model, batch, arms, args.repeats, force)
-        for name in ["dense", *[label for label, _ in arms]]:
+        res = run_case(model, batch, arms, args.repeats, force, compiled)
+        for name in res["times"]:
             ts = res["times"][name]
             ratios = [t / d for t, d in zip(ts, res["times"]["dense"])]  # per repeat: interleaved neighbours
             cpu_ratios = [t / d for t, d in zip(res["cpu"][name], res["cpu"]["dense"])]
@@ -194,7 +206,7 @@ def main(argv=None):
                          f"{statistics.median(ts):.2f} s ({min(ts):.2f}-{max(ts):.2f}) | "
                          f"**{statistics.median(ratios):.3f}** ({min(ratios):.2f}-{max(ratios):.2f}) | "
                          f"{statistics.median(cpu_ratios):.3f} ({min(cpu_ratios):.2f}-{max(cpu_ratios):.2f}) | "
-                         f"{1.0 if name == 'dense' else res['flops_ratio'][name]:.3f} | {match_cell(name, res)} |")
+                         f"{res['flops_ratio'].get(name, 1.0):.3f} | {match_cell(name, res)} |")
             print(lines[-1], flush=True)
     if args.out:
         append_rows(args.out, lines)

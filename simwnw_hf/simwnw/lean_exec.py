@@ -20,6 +20,9 @@ reference does not rely on:
 * **Waxing zeroes in place.** The ReLU outputs that feed waxing points keep themselves for ReLU's
   backward, so zeroing them in place (:func:`zero_relu_output_`) also drops their gradient there:
   no multiply node in the graph.
+* **Fused BatchNorm (optional).** ``lean_batch_norm(..., fused=True)`` (the ``fused`` executor) runs
+  the same kept BatchNorm as compiled kernels (``fused_kernels``): one reduction and one elementwise
+  pass each way instead of six and five eager passes.
 
 Tests: ``tests/test_lean_exec.py`` holds these equal to ``masked_exec`` (and the ResNet walkers in
 ``simwnw_hf.models.resnet_pair`` equal to each other).

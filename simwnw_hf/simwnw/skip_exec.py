@@ -20,7 +20,7 @@ pays on the machine at hand:
   the bookkeeping (under ``min_macs`` multiply-adds) and layers keeping more than ``max_kept`` of
   their positions are never calibrated: skipping cannot win there.
 
-The skipping executor is the lean executor with this choice per 1x1 conv
+The skipping executor (``auto``) is the fused executor with this choice per 1x1 conv
 (``models.resnet_pair``); tests hold it equal to the reference (``tests/test_skip_exec.py``).
 """
 
