@@ -169,6 +169,17 @@ def test_same_scale_crop_with_flip_found_exactly_through_geometry():
     assert torch.isinf(res.psnr[inside]).all()
 
 
+def test_float64_views_match_like_float32():
+    """Double-precision pixels (e.g. a float64 pipeline) match as their float32 values do, not crash."""
+    view, block = 32, 5
+    source = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    x1, x2, g1, g2 = _crop_pair(source, [(10, 10), (20, 5)], [(14, 7), (18, 12)], view, flips2=[True, False])
+    single = match_blocks(x1, x2, g1, g2, block_size=block)
+    double = match_blocks(x1.double(), x2.double(), g1, g2, block_size=block)
+    assert torch.equal(double.match_yx, single.match_yx) and torch.equal(double.similar, single.similar)
+    assert torch.equal(double.mask1, single.mask1) and torch.equal(double.mask2, single.mask2)
+
+
 def _pair_batch(batch=4, size=32, seed=0):
     from simwnw_hf.data.views import TwoViewTransform, denormalize
     from PIL import Image

@@ -337,7 +337,8 @@ class _PairPSNR:
             writes.append(slots[s:e, :width].reshape(-1))
             s = e
         ssd = torch.cat(ssds)
-        self.cache.index_put_((torch.cat(writes),), 10.0 * torch.log10(1.0 / (ssd / per_query)))   # PSNR, MAX_I = 1
+        psnr = 10.0 * torch.log10(1.0 / (ssd / per_query))   # PSNR, MAX_I = 1
+        self.cache.index_put_((torch.cat(writes),), psnr.to(self.cache.dtype))  # float32 cache, any pixel dtype
         self.evaluations += int(counts.sum())
 
     def __call__(self, rows: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
