@@ -16,7 +16,7 @@ The executors share this walker and compute the same numbers (``tests/test_lean_
   per-layer calibration on this machine measured that faster than the dense conv.
 
 All have the signature ``executor(model, xs, removed, expand) -> (features, masks, trace)``;
-:func:`select_executor` maps a name (``reference``, ``lean``, ``auto``) to one. Masks returned by
+:func:`select_executor` maps a name (``reference``, ``lean``, ``fused``, ``auto``) to one. Masks returned by
 the lean executor may be ``(B, 1, H, W)`` where the reference's are ``(B, C, H, W)`` with equal
 channels; expanded, they are identical.
 """
@@ -266,7 +266,7 @@ def auto_forward_features(model: nn.Module, xs: Sequence[torch.Tensor], removed:
 
     Per conv and kept share, ``skip_exec.default_cost_model`` times dense vs skipping once on this
     machine (a short calibration the first time a case appears) and keeps the faster; everything else
-    runs as in the lean executor. Same numbers (to float rounding: a matrix product instead of the
+    runs as in the fused executor. Same numbers (to float rounding: a matrix product instead of the
     conv kernel), same masks and trace. ``cost_model``: another ``SkipCostModel`` (tests, tuning).
     """
     ops = _AUTO if cost_model is None else _Ops(lean=True, cost_model=cost_model, fused=True)

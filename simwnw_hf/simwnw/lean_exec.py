@@ -36,10 +36,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .fused_kernels import FusedKernel, kept_bn_backward, kept_bn_forward
 from .masked_exec import masked_batch_norm
 from .masks import (PEAK_FLOPS, PSNR_PAIR_FLOPS, Correspondence, WaxResult, active_inputs, check_wax_inputs,
                     ring_distance, wax_peak)
-from .fused_kernels import FusedKernel, kept_bn_backward, kept_bn_forward
 from .skip_exec import skip_conv1x1
 
 __all__ = ["lean_conv2d", "lean_batch_norm", "zeroable_relu", "wax_compact", "wax_spatial_compact", "compact_mask",
