@@ -1,6 +1,7 @@
 """SimWnW block matching: diamond vs exhaustive, geometry windows, masks, batching, bad input."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 
 from simwnw_hf.data.geometry import make_geometry
 from simwnw_hf.data.views import sample_crop_box
+from simwnw_hf.simwnw import matching_jit
 from simwnw_hf.simwnw import (
     block_grid, counterpart_top_left, default_block_size, exhaustive_match, match_blocks, psnr, search_lattice,
 )
@@ -277,19 +279,68 @@ def _assert_same_match(fast, ref):
     (40, dict(block_size=6, method="exhaustive")),
     (33, dict(block_size=4, psnr_threshold=12.0)),              # odd size, many similar blocks
 ])
-def test_fast_matcher_equals_reference_on_random_views(size, kwargs):
+@pytest.mark.parametrize("engine", ["numba", "torch"])
+def test_fast_matcher_equals_reference_on_random_views(size, kwargs, engine):
     from simwnw_hf.simwnw.matching_reference import match_blocks_reference
 
     for seed in range(3):
         x1, x2, g1, g2 = _pair_batch(batch=5, size=size, seed=seed)
-        _assert_same_match(match_blocks(x1, x2, g1, g2, **kwargs), match_blocks_reference(x1, x2, g1, g2, **kwargs))
+        _assert_same_match(match_blocks(x1, x2, g1, g2, engine=engine, **kwargs),
+                           match_blocks_reference(x1, x2, g1, g2, **kwargs))
     # uniform noise: rugged PSNR landscape, long diamond walks and both flip cases
     g = torch.Generator().manual_seed(7)
     source = torch.rand(4, 3, 2 * size, 2 * size, generator=g)
     x1, x2, g1, g2 = _crop_pair(source, [(3, 4), (0, 0), (size // 2, 1), (5, size // 3)],
                                 [(6, 1), (2, 3), (size // 2 - 3, 4), (1, size // 3 + 2)], size,
                                 flips2=[True, False, True, True])
-    _assert_same_match(match_blocks(x1, x2, g1, g2, **kwargs), match_blocks_reference(x1, x2, g1, g2, **kwargs))
+    _assert_same_match(match_blocks(x1, x2, g1, g2, engine=engine, **kwargs),
+                       match_blocks_reference(x1, x2, g1, g2, **kwargs))
+
+
+@pytest.mark.parametrize("noise", [0.0, 1e-6, 3e-4])
+def test_numba_engine_settles_ties_like_the_reference(noise):
+    """Flat views: candidates tie exactly (noise 0: SSD 0, PSNR +inf) or nearly (1e-6: a few float32
+    steps), so the float32 PSNRs of the torch path decide; the numba engine must ask for them and pick
+    the first maximum as ``argmax`` does. With 3e-4 of noise the float64 SSDs settle most comparisons."""
+    from simwnw_hf.simwnw.matching_reference import match_blocks_reference
+
+    g = torch.Generator().manual_seed(11)
+    source = 0.5 + noise * torch.rand(3, 3, 64, 64, generator=g)
+    source[:, :, 20:40, 20:40] += 0.25 * torch.rand(3, 3, 20, 20, generator=g)   # some texture as well
+    x1, x2, g1, g2 = _crop_pair(source, [(3, 4), (0, 0), (10, 1)], [(6, 1), (2, 3), (7, 4)], 32,
+                                flips2=[True, False, True])
+    fast, ref = match_blocks(x1, x2, g1, g2, engine="numba"), match_blocks_reference(x1, x2, g1, g2)
+    _assert_same_match(fast, ref)
+    if noise <= 1e-6:     # float32 steps at 0.5 are 6e-8: these views are full of exact and near ties
+        assert fast.exact_rechecks > fast.psnr.numel()  # ties were settled by exact PSNRs
+
+
+def test_numba_unavailable_falls_back_to_torch_in_one_warning(monkeypatch):
+    from simwnw_hf.simwnw import matching_jit
+    from simwnw_hf.simwnw.matching_reference import match_blocks_reference
+
+    monkeypatch.setattr(matching_jit, "_NUMBA_ERROR", "ImportError: no numba here")
+    monkeypatch.setattr(matching_jit, "_WARNED", False)
+    x1, x2, g1, g2 = _pair_batch(batch=3)
+    with pytest.warns(RuntimeWarning, match="torch diamond search.*no numba here"):
+        first = match_blocks(x1, x2, g1, g2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        match_blocks(x1, x2, g1, g2)                     # said once
+    _assert_same_match(first, match_blocks_reference(x1, x2, g1, g2))
+    assert first.exact_rechecks == 0
+    with pytest.raises(RuntimeError, match="engine='numba'.*engine='torch'"):
+        match_blocks(x1, x2, g1, g2, engine="numba")
+
+
+def test_engine_errors_and_float64_views():
+    x1, x2, g1, g2 = _pair_batch(batch=2)
+    with pytest.raises(ValueError, match="unknown matching engine"):
+        match_blocks(x1, x2, g1, g2, engine="cuda")
+    with pytest.raises(ValueError, match="float32 CPU views"):
+        match_blocks(x1.double(), x2.double(), g1, g2, engine="numba")
+    auto = match_blocks(x1.double(), x2.double(), g1, g2)            # auto: the torch engine
+    assert auto.exact_rechecks == 0
 
 
 def _real_pairs(path, size, batch):
@@ -310,7 +361,8 @@ def _real_pairs(path, size, batch):
     ("imagenet-sample/dev.parquet", 224, 2, {}),
     ("imagenet-sample/dev.parquet", 224, 2, dict(block_size=16, search_step=16)),
 ])
-def test_fast_matcher_equals_reference_on_real_images(name, size, batch, kwargs):
+@pytest.mark.parametrize("engine", ["numba", "torch"])
+def test_fast_matcher_equals_reference_on_real_images(name, size, batch, kwargs, engine):
     from conftest import SHARED_DATA
     from simwnw_hf.simwnw.matching_reference import match_blocks_reference
 
@@ -318,9 +370,11 @@ def test_fast_matcher_equals_reference_on_real_images(name, size, batch, kwargs)
     if not path.exists():
         pytest.skip(f"{path} is not available (shared data absent)")
     x1, x2, g1, g2 = _real_pairs(path, size, batch)
-    fast, ref = match_blocks(x1, x2, g1, g2, **kwargs), match_blocks_reference(x1, x2, g1, g2, **kwargs)
+    fast, ref = match_blocks(x1, x2, g1, g2, engine=engine, **kwargs), match_blocks_reference(x1, x2, g1, g2, **kwargs)
     assert ref.similar.any()
     _assert_same_match(fast, ref)
+    # numba: every reported PSNR is an exact (torch) one; the torch engine computes no others
+    assert (fast.exact_rechecks >= fast.psnr.numel()) if engine == "numba" else fast.exact_rechecks == 0
 
 
 def test_mask_painting_equals_per_pixel_reference():
@@ -332,7 +386,23 @@ def test_mask_painting_equals_per_pixel_reference():
         top = torch.stack([torch.randint(0, h - block + 1, (3, 20), generator=g),
                            torch.randint(0, w - block + 1, (3, 20), generator=g)], dim=-1)
         keep = torch.rand(3, 20, generator=g) < 0.5
-        assert torch.equal(_paint_blocks(top, keep, block, (h, w)), paint_reference(top, keep, block, (h, w)))
+        reference = paint_reference(top, keep, block, (h, w))
+        assert torch.equal(_paint_blocks(top, keep, block, (h, w)), reference)
+        src = top[0]                                   # numba painter: view 1 shares one grid, view 2 its own
+        ref1, ref2 = paint_reference(src.expand(3, 20, 2), keep, block, (h, w)), reference
+        got1, got2 = matching_jit.removal_masks(src, top, keep, block, (h, w), (h, w))
+        assert torch.equal(got1, ref1) and torch.equal(got2, ref2)
+
+
+def test_numba_tiles_equal_torch_tiles_with_mirrors():
+    from simwnw_hf.simwnw.block_matching import _PairPSNR, _grid_2d
+
+    x1 = torch.rand(3, 3, 23, 29, generator=torch.Generator().manual_seed(5))
+    src = _grid_2d(23, 29, 6)
+    mirror = torch.tensor([True, False, True])
+    lo = torch.zeros(3, src.shape[0], 2, dtype=torch.long)
+    torch_tiles = _PairPSNR(x1, x1, src, 6, mirror, lo, lo, 1).tiles
+    assert torch.equal(matching_jit.cut_tiles(x1, src, mirror, 6), torch_tiles)
 
 
 def test_match_pixels_are_denormalized_views_laid_out_channels_last():

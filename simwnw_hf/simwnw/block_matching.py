@@ -55,6 +55,9 @@ __all__ = [
 ]
 
 METHODS = ("diamond", "exhaustive")
+# "numba": the diamond search compiled per pair (matching_jit), certified equal to "torch", the batched
+# search in tensor ops; "auto": numba for float32 CPU views (where it runs), torch otherwise.
+ENGINES = ("auto", "numba", "torch")
 
 # Zhu & Ma (2000) patterns as (dy, dx) lattice offsets; the centre comes first so that ties keep it.
 LARGE_DIAMOND = torch.tensor([[0, 0], [-2, 0], [-1, -1], [-1, 1], [0, -2], [0, 2], [1, -1], [1, 1], [2, 0]])
@@ -192,6 +195,7 @@ class BlockMatch:
     removal_ratio: float        # mean over both views and the batch of the removed-pixel fraction
     overhead_flops: float       # psnr_evaluations * psnr_flops(block, channels), App. C
     block_size: Optional[int] = None
+    exact_rechecks: int = 0     # numba engine: float32 PSNRs computed to settle ties and report values
 
 
 def removal_masks(src_yx: torch.Tensor, match_yx: torch.Tensor, similar: torch.Tensor, block: int,
@@ -252,7 +256,8 @@ class _PairPSNR:
     """
 
     def __init__(self, x1: torch.Tensor, x2: torch.Tensor, src_yx: torch.Tensor, block: int,
-                 mirror: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, step: int):
+                 mirror: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, step: int,
+                 tiles: Optional[torch.Tensor] = None):
         batch = x1.shape[0]
         nb = src_yx.shape[0]
         device = x1.device
@@ -261,23 +266,27 @@ class _PairPSNR:
         images = torch.arange(batch, device=device)[:, None]                                   # (B, 1)
         # Tiles in (row, column, channel) order. A mirrored image compares its tiles read right to left
         # (a flip mirrors content, module doc): those come from its flipped copy, at column W - block - x.
-        x1c = _channels_last(x1)
-        left = src_yx[None, :, 1].expand(batch, -1)
-        if bool(mirror.any()):
-            # flipped along W in the channels-last layout; the tile at column x starts at W - block - x
-            x1c = torch.where(mirror.view(batch, 1, 1, 1), x1c.flip(2), x1c)
-            left = torch.where(mirror[:, None], x1.shape[-1] - block - left, left)
-        tiles = self._gather(_runs(x1c, block), x1.shape, images, src_yx[None, :, 0], left)
+        if tiles is None:    # (matching_jit.cut_tiles gives the same values without copying the view)
+            x1c = _channels_last(x1)
+            left = src_yx[None, :, 1].expand(batch, -1)
+            if bool(mirror.any()):
+                # flipped along W in the channels-last layout; the tile at column x starts at W - block - x
+                x1c = torch.where(mirror.view(batch, 1, 1, 1), x1c.flip(2), x1c)
+                left = torch.where(mirror[:, None], x1.shape[-1] - block - left, left)
+            tiles = self._gather(_runs(x1c, block), x1.shape, images, src_yx[None, :, 0], left)
         self.tiles = tiles.view(batch * nb, -1)                            # (N, block*block*C)
         self.h2, self.w2 = x2.shape[-2:]
         self.shape2 = x2.shape
-        self.runs = _runs(_channels_last(x2), block)
+        x2c = _channels_last(x2)
+        self.x2flat = x2c.reshape(-1)                                     # what the compiled search reads
+        self.runs = _runs(x2c, block)
         self.lo, self.hi = lo.reshape(-1, 2), hi.reshape(-1, 2)           # (N, 2) lattice bounds
         extent = (self.hi - self.lo + 1).amax(dim=0)                      # lattice window (Ly, Lx)
         self.ly, self.lx = int(extent[0]), int(extent[1])
         n = self.tiles.shape[0]
         self.cache = torch.full((n * self.ly * self.lx,), float("nan"), dtype=torch.float32, device=x1.device)
         self.evaluations = 0
+        self.evaluations_search: Optional[int] = None   # set by the compiled search (matching_jit)
         self.buffer: Optional[torch.Tensor] = None
 
     def _buffer(self, numel: int) -> torch.Tensor:
@@ -340,6 +349,25 @@ class _PairPSNR:
         psnr = 10.0 * torch.log10(1.0 / (ssd / per_query))   # PSNR, MAX_I = 1
         self.cache.index_put_((torch.cat(writes),), psnr.to(self.cache.dtype))  # float32 cache, any pixel dtype
         self.evaluations += int(counts.sum())
+
+    def exact_at_slots(self, slots: torch.Tensor) -> None:
+        """Compute and cache the PSNRs of distinct, not yet cached cache ``slots`` (K,) (for matching_jit).
+
+        The same arithmetic as :meth:`_fill` (one contiguous row of float32 squared differences per PSNR,
+        summed by ``torch.sum``); the squared differences come from the compiled loop, which writes the
+        same IEEE values without copying candidates first (these are few: ties and the final matches).
+        """
+        from simwnw_hf.simwnw.matching_jit import exact_ssd
+        per_pair = self.ly * self.lx
+        rows = slots // per_pair
+        pts = (self.lo.index_select(0, rows) + torch.stack([(slots % per_pair) // self.lx, slots % self.lx], dim=-1))
+        pts = pts * self.step
+        starts = self._starts(self.shape2, rows // self.nb, pts[:, 0], pts[:, 1])    # (K, block)
+        per_query = self.tiles.shape[1]
+        ssd = exact_ssd(self.x2flat, self.tiles, rows, starts)
+        psnr = 10.0 * torch.log10(1.0 / (ssd / per_query))
+        self.cache.index_put_((slots,), psnr.to(self.cache.dtype))
+        self.evaluations += int(slots.shape[0])
 
     def __call__(self, rows: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """PSNR (A, P) of pairs ``rows`` (A,) at lattice points ``points`` (A, P, 2); ``-inf`` outside the window."""
@@ -432,7 +460,7 @@ def _check_inputs(x1, x2, g1, g2, block, search_window, search_step, method):
 def match_blocks(x1: torch.Tensor, x2: torch.Tensor, g1: Geometry, g2: Geometry,
                  block_size: Optional[int] = None, psnr_threshold: float = 20.0,
                  search_window: Optional[int] = None, search_step: int = 1,
-                 method: str = "diamond") -> BlockMatch:
+                 method: str = "diamond", engine: str = "auto") -> BlockMatch:
     """Match every block of view 1 in view 2 and build the removal masks (§4.1, App. B).
 
     Args:
@@ -443,8 +471,15 @@ def match_blocks(x1: torch.Tensor, x2: torch.Tensor, g1: Geometry, g2: Geometry,
         search_window: side of the square search region in view 2 (default ``2 * block_size``).
         search_step: candidate top-lefts are multiples of this in view 2 (1 for CNNs, patch size for ViTs).
         method: ``"diamond"`` (Zhu & Ma 2000) or ``"exhaustive"`` (every candidate of the same window).
+        engine: how the diamond search runs (:data:`ENGINES`); every engine returns the same bits.
     """
     _check_views(x1, x2)
+    if engine not in ENGINES:
+        raise ValueError(f"unknown matching engine {engine!r}; expected one of {ENGINES}")
+    jit_ok = x1.device.type == "cpu" and x1.dtype == torch.float32 and x2.dtype == torch.float32
+    if engine == "numba" and not jit_ok:
+        raise ValueError(f"engine='numba' needs float32 CPU views, got {x1.dtype}/{x2.dtype} on {x1.device}; "
+                         "use engine='auto' or 'torch'")
     block = default_block_size(min(x1.shape[-2:])) if block_size is None else int(block_size)
     window = 2 * block if search_window is None else int(search_window)
     _check_inputs(x1, x2, g1, g2, block, window, int(search_step), method)
@@ -456,23 +491,42 @@ def match_blocks(x1: torch.Tensor, x2: torch.Tensor, g1: Geometry, g2: Geometry,
     counterpart = counterpart_top_left(src_yx, block, g1, g2, (h2, w2)).to(device)   # (B, nb, 2)
     lo, hi, start = search_lattice(counterpart, block, (h2, w2), window, search_step)
     mirror = (g1["flip"].to(torch.bool) != g2["flip"].to(torch.bool)).to(device)      # (B,)
-    score = _PairPSNR(x1, x2, src_yx, block, mirror, lo, hi, search_step)
-    if method == "diamond":
-        best = _diamond_search(score, start.reshape(-1, 2), max_moves=score.ly * score.lx)
-    else:
-        best = _exhaustive_search(score)
+    jit = None
+    if method == "diamond" and engine != "torch" and jit_ok:
+        from simwnw_hf.simwnw import matching_jit as jit   # numba compiles on first use (cached on disk)
+        if engine == "numba" and not jit.available():
+            raise RuntimeError("engine='numba' but numba cannot be used here; install numba or use engine='torch'")
+    tiles = jit.cut_tiles(x1, src_yx, mirror, block) if jit is not None else None
+    score = _PairPSNR(x1, x2, src_yx, block, mirror, lo, hi, search_step, tiles=tiles)
+    best = None
+    if jit is not None:
+        best = jit.diamond_search(score, start.reshape(-1, 2), max_moves=score.ly * score.lx)
+        if best is None:     # numba failed (said once): start the torch search on a clean cache
+            score.cache.fill_(float("nan"))
+            score.evaluations = 0
+            jit = None
+    if best is None:
+        if method == "diamond":
+            best = _diamond_search(score, start.reshape(-1, 2), max_moves=score.ly * score.lx)
+        else:
+            best = _exhaustive_search(score)
     n_pairs = best.shape[0]
     best_psnr = score(torch.arange(n_pairs, device=device), best[:, None])[:, 0]   # cached: no new evaluation
+    if score.evaluations_search is None:
+        evaluations, rechecks = score.evaluations, 0
+    else:                    # numba: the search's SSDs; exact float32 PSNRs (ties, reported values) apart
+        evaluations, rechecks = score.evaluations_search, score.evaluations
     nb = src_yx.shape[0]
     match_yx = (best * search_step).view(batch, nb, 2)
     best_psnr = best_psnr.view(batch, nb)
     similar = best_psnr >= psnr_threshold
-    mask1, mask2 = removal_masks(src_yx, match_yx, similar, block, (h1, w1), (h2, w2))
+    mask1, mask2 = (removal_masks if jit is None else jit.removal_masks)(src_yx, match_yx, similar, block,
+                                                                          (h1, w1), (h2, w2))
     removal = 0.5 * (mask1.float().mean() + mask2.float().mean())
     return BlockMatch(
         src_yx=src_yx, match_yx=match_yx, psnr=best_psnr, similar=similar, mask1=mask1, mask2=mask2,
-        psnr_evaluations=score.evaluations, removal_ratio=float(removal),
-        overhead_flops=score.evaluations * psnr_flops(block, channels), block_size=block,
+        psnr_evaluations=evaluations, removal_ratio=float(removal),
+        overhead_flops=evaluations * psnr_flops(block, channels), block_size=block, exact_rechecks=rechecks,
     )
 
 
