@@ -26,6 +26,12 @@ non-winning points at 25% of a PSNR's cost; and expansions (``|a|^2 + |b|^2 - 2a
 correlation) change rounding, so they could only drive a certified search with exact re-checks.
 The cost left is the candidate gather plus three elementwise passes over it (memory-bound).
 
+Engines (``engine=``): ``torch`` is the batched search above; ``numba``
+(:mod:`~simwnw_hf.simwnw.matching_jit`, the default for float32 CPU views through ``auto``) runs each
+pair's search in one compiled loop without the copies, using float64 sums only where a rounding bound
+proves they order candidates as the float32 PSNRs do, and this module's arithmetic for ties and for
+every reported PSNR, so both engines return the same bits (about a third of the torch engine's time).
+
 Candidate positions live on a lattice: top-left corners that are multiples of ``search_step`` in view 2
 (``search_step = 1`` for CNNs; ViT token removal uses ``block = search_step = 16`` so matches land on
 the patch grid). Diamond search steps one lattice point at a time.
