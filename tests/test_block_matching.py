@@ -415,3 +415,13 @@ def test_match_pixels_are_denormalized_views_laid_out_channels_last():
     assert out.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="B, C, H, W"):
         match_pixels(x[0], mean, std)
+
+
+def test_mask_mean_is_the_float_mean_bit_for_bit():
+    from simwnw_hf.simwnw.block_matching import _mask_mean
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        shape = tuple(int(v) for v in torch.randint(1, 230, (3,), generator=g))
+        mask = torch.rand(shape, generator=g) < float(torch.rand(1, generator=g))
+        assert torch.equal(_mask_mean(mask), mask.float().mean())

