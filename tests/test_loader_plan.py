@@ -151,3 +151,23 @@ def test_a_resumed_run_with_loader_plans_reaches_the_weights_of_a_run_matching_i
     b = load_file(str(tmp_path / "loader" / "checkpoint-4" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert summary["loader_match_cpu_s"] > 0
+
+
+def test_plan_in_loader_loads_the_compiled_matcher_before_workers_fork():
+    """Workers are fresh processes: without the warm-up each one paid ~1.4 s CPU on its first match."""
+    import multiprocessing as mp
+    from simwnw_hf.pruning.planners import BlockMatchPlanner
+    from simwnw_hf.simwnw import matching_jit
+
+    if not matching_jit.available():
+        pytest.skip("numba is not available here")
+    PlanInLoader(lambda samples: samples, BlockMatchPlanner(SimWnWSettings(), (0.5,) * 3, (0.25,) * 3))
+    for kernel in (matching_jit._search, matching_jit._cut_tiles, matching_jit._squared_differences,
+                   matching_jit._paint):
+        assert kernel.signatures, kernel      # compiled or loaded in this process: a forked worker inherits it
+    if "fork" in mp.get_all_start_methods():
+        queue = mp.get_context("fork").Queue()
+        child = mp.get_context("fork").Process(target=lambda: queue.put(len(matching_jit._search.signatures)))
+        child.start()
+        child.join(60)
+        assert queue.get(timeout=5) >= 1
