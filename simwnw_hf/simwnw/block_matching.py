@@ -53,7 +53,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from simwnw_hf.data.geometry import Geometry, map_points
+from simwnw_hf.data.geometry import Geometry, make_geometry, map_points
 
 __all__ = [
     "BlockMatch", "default_block_size", "psnr", "psnr_flops", "block_grid", "counterpart_top_left",
@@ -540,6 +540,23 @@ def match_blocks(x1: torch.Tensor, x2: torch.Tensor, g1: Geometry, g2: Geometry,
         psnr_evaluations=evaluations, removal_ratio=float(removal),
         overhead_flops=evaluations * psnr_flops(block, channels), block_size=block, exact_rechecks=rechecks,
     )
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's disk cache) the numba engine's kernels on a tiny match, here.
+
+    Why: the first match of a process pays ~1.4 s CPU for importing numba and loading the kernels, and
+    DataLoader workers are fresh processes, so an 8-step run's worker matching cost 3x its steady state.
+    ``PlanInLoader`` calls this before the workers fork, so they inherit the loaded kernels.
+    """
+    from simwnw_hf.simwnw import matching_jit
+
+    if not matching_jit.available():
+        return
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    geometry = [{k: v[None] for k, v in make_geometry(0, 0, 8, 8, flip, (8, 8), (8, 8)).items()}
+                for flip in (False, True)]
+    match_blocks(x, x.flip(-1), geometry[0], geometry[1], block_size=4)
 
 
 def exhaustive_match(x1: torch.Tensor, x2: torch.Tensor, g1: Geometry, g2: Geometry, **kwargs) -> BlockMatch:

@@ -35,7 +35,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["available", "certified_ratio", "cut_tiles", "diamond_search", "exact_ssd", "removal_masks", "warm_up"]
+__all__ = ["available", "certified_ratio", "cut_tiles", "diamond_search", "exact_ssd", "removal_masks"]
 
 _U32 = 2.0 ** -24
 _NUMBA_ERROR: Optional[str] = None
@@ -312,24 +312,6 @@ def removal_masks(src_yx: torch.Tensor, match_yx: torch.Tensor, similar: torch.T
         _paint(top_left.numpy(), keep, block, mask.numpy())
         masks.append(mask)
     return masks[0], masks[1]
-
-
-def warm_up() -> None:
-    """Compile (or load from numba's disk cache) every kernel on a tiny match, in this process.
-
-    Why: the first match of a process pays ~1.4 s CPU for importing numba and loading the kernels, and
-    DataLoader workers are fresh processes, so an 8-step run's worker matching cost 3x its steady state.
-    Called where the loader plans are set up (before workers fork, so they inherit the loaded kernels).
-    """
-    if not available():
-        return
-    from simwnw_hf.data.geometry import make_geometry
-    from simwnw_hf.simwnw.block_matching import match_blocks
-
-    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    geometry = [{k: v[None] for k, v in make_geometry(0, 0, 8, 8, flip, (8, 8), (8, 8)).items()}
-                for flip in (False, True)]
-    match_blocks(x, x.flip(-1), geometry[0], geometry[1], block_size=4, engine="auto")
 
 
 def diamond_search(score, start: torch.Tensor, max_moves: int) -> Optional[torch.Tensor]:

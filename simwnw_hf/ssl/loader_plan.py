@@ -69,8 +69,8 @@ class PlanInLoader:
         from simwnw_hf.pruning.planners import BlockMatchPlanner, TokenMatchPlanner
         if isinstance(planner, (BlockMatchPlanner, TokenMatchPlanner)):
             # load the compiled matcher here, before DataLoader workers fork (else each pays ~1.4 s CPU)
-            from simwnw_hf.simwnw import matching_jit
-            matching_jit.warm_up()
+            from simwnw_hf.simwnw.block_matching import warm_up
+            warm_up()
 
     def __call__(self, samples):
         batch = self.collate(samples)
