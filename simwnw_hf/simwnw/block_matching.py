@@ -357,9 +357,7 @@ class _PairPSNR:
             ssds.append(cand.sub_(tiles.index_select(0, pairs[s:e]).unsqueeze(1)).square_().sum(dim=2).view(-1))
             writes.append(slots[s:e, :width].reshape(-1))
             s = e
-        ssd = torch.cat(ssds)
-        psnr = 10.0 * torch.log10(1.0 / (ssd / per_query))   # PSNR, MAX_I = 1
-        self.cache.index_put_((torch.cat(writes),), psnr.to(self.cache.dtype))  # float32 cache, any pixel dtype
+        self._store(torch.cat(ssds), torch.cat(writes))   # padding slots rewrite their pair's first point
         self.evaluations += int(counts.sum())
 
     def exact_at_slots(self, slots: torch.Tensor) -> None:
@@ -375,11 +373,14 @@ class _PairPSNR:
         pts = (self.lo.index_select(0, rows) + torch.stack([(slots % per_pair) // self.lx, slots % self.lx], dim=-1))
         pts = pts * self.step
         starts = self._starts(self.shape2, rows // self.nb, pts[:, 0], pts[:, 1])    # (K, block)
-        per_query = self.tiles.shape[1]
-        ssd = exact_ssd(self.x2flat, self.tiles, rows, starts)
-        psnr = 10.0 * torch.log10(1.0 / (ssd / per_query))
-        self.cache.index_put_((slots,), psnr.to(self.cache.dtype))
+        self._store(exact_ssd(self.x2flat, self.tiles, rows, starts), slots)
         self.evaluations += int(slots.shape[0])
+
+    def _store(self, ssd: torch.Tensor, slots: torch.Tensor) -> None:
+        """Cache the PSNRs (MAX_I = 1) of sums of squared differences ``ssd`` at ``slots``: the one PSNR
+        formula of both the batched search and the exact rechecks, so the two stay the same bits."""
+        psnr = 10.0 * torch.log10(1.0 / (ssd / self.tiles.shape[1]))
+        self.cache.index_put_((slots,), psnr.to(self.cache.dtype))   # float32 cache, any pixel dtype
 
     def __call__(self, rows: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """PSNR (A, P) of pairs ``rows`` (A,) at lattice points ``points`` (A, P, 2); ``-inf`` outside the window."""
