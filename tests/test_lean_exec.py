@@ -291,19 +291,32 @@ def test_wax_compact_equals_wax_on_matched_masks():
         assert float(lean.overhead_flops) == pytest.approx(float(ref.overhead_flops))
 
 
-@pytest.mark.parametrize("peak", ["channel", "map"])
-def test_wax_spatial_compact_equals_wax_on_matched_masks(peak):
-    corr, r1, r2, h1 = _wax_case()
+@pytest.fixture(params=["numba", "torch"])
+def ring_engine(request, monkeypatch):
+    """Spatial waxing's ring errors by the compiled loop, or (numba made unavailable) by its torch twin."""
+    if request.param == "torch":
+        from simwnw_hf.simwnw import wax_jit
+        monkeypatch.setattr(wax_jit, "_kernel", None)
+        monkeypatch.setattr(wax_jit, "_peak_kernel", None)
+        monkeypatch.setattr(wax_jit, "_WARNED", True)  # its one warning is tested in test_wax_jit.py
+    return request.param
+
+
+@pytest.mark.parametrize("peak,relu", [("channel", False), ("map", False), ("channel", True)])
+def test_wax_spatial_compact_equals_wax_on_matched_masks(peak, relu, ring_engine):
+    corr, r1, r2, h1 = _wax_case(c=40)
     b, c, h, w = h1.shape
     h2 = h1 + 0.3 * torch.randn_like(h1) * torch.rand(1, c, 1, 1)
     h1[:, 0] = 0  # a dead channel
     h2[:, 0] = 0
+    if relu:  # ReLU outputs: the peak skips the minimum (nonneg=True), as the executors call it
+        h1, h2 = h1.relu(), h2.relu()
     r1c = r1.expand(b, c, h, w).clone()
     r1c[:, ::2, :3] = True  # per-channel input masks: rings start from positions removed in every channel
     passed = 0
     for thr, m1 in ((5.0, r1), (10.0, r1), (20.0, r1), (40.0, r1), (10.0, r1c)):
         ref = wax(h1, h2, m1, r2, corr, thr, 3, decision="spatial", peak=peak)
-        lean = wax_compact(h1, h2, m1, r2, corr, thr, 3, decision="spatial", peak=peak)
+        lean = wax_compact(h1, h2, m1, r2, corr, thr, 3, decision="spatial", peak=peak, nonneg=relu)
         assert torch.equal(_full(lean.removed1, c), ref.removed1) and torch.equal(_full(lean.removed2, c), ref.removed2)
         assert float(lean.compared_pairs) == float(ref.compared_pairs)
         assert float(lean.overhead_flops) == pytest.approx(float(ref.overhead_flops))

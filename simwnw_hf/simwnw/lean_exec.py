@@ -41,6 +41,7 @@ from .masked_exec import masked_batch_norm
 from .masks import (PEAK_FLOPS, PSNR_PAIR_FLOPS, Correspondence, WaxResult, active_inputs, check_wax_inputs,
                     ring_distance, wax_peak)
 from .skip_exec import skip_conv1x1
+from .wax_jit import inverse_peak, peak_and_ring_errors, ring_errors
 
 __all__ = ["lean_conv2d", "lean_batch_norm", "zeroable_relu", "wax_compact", "wax_spatial_compact", "compact_mask",
            "zero_by_mask", "zero_relu_output_"]
@@ -332,54 +333,63 @@ def wax_spatial_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tens
                         peak: str = "channel", nonneg: bool = False) -> WaxResult:
     """``masks.wax(decision="spatial")`` on ring pixels only, masks kept ``(B, 1, H, W)``.
 
-    The ring band of the position mask is gathered once for all channels, each pixel's error is
-    reduced over channels right away (one number per ring pixel), and block sums are ``index_add``
-    over (image, block): no per-channel state, so nothing downstream ever grows to ``(B, C, H, W)``.
+    The ring band of the position mask is listed once as sorted (image, pixel) pairs. The errors of
+    every band pixel with a kept counterpart, reduced over channels, come from one compiled read of
+    both maps that also takes the per-channel MAX (``wax_jit.peak_and_ring_errors``; in tensor ops
+    these were two gathers, four elementwise passes and a separate ``amax`` pass). Block sums are
+    ``index_add`` over (image, block). No per-channel state: nothing grows to ``(B, C, H, W)``.
     """
     check_wax_inputs(h1, h2, corr, max_rings, "spatial", peak)
     bsz, ch, h, w = h1.shape
-    zero = torch.zeros((), device=h1.device)
+    hw = h * w
+    dev = h1.device
+    zero = torch.zeros((), device=dev)
     if max_rings == 0 or corr.num_blocks == 0:
         return WaxResult(removed1, removed2, zero, zero)
     with torch.no_grad():
         p1 = removed1 if removed1.shape[1] == 1 else removed1.all(dim=1, keepdim=True)  # positions removed everywhere
         p2 = removed2 if removed2.shape[1] == 1 else removed2.all(dim=1, keepdim=True)
-        a1 = h1.detach().float().reshape(bsz, ch, h * w)
-        a2 = h2.detach().float().reshape(bsz, ch, h * w)
+        a1 = h1.detach().float().reshape(bsz, ch, hw)
+        a2 = h2.detach().float().reshape(bsz, ch, hw)
         peak_flops = PEAK_FLOPS * 2 * a1.numel()
-        dist = ring_distance(p1, max_rings).reshape(bsz, h * w)
-        band = _ring_band((dist >= 1) & (dist <= max_rings) & corr.valid)
-        if band is None:
+        dist = ring_distance(p1, max_rings).reshape(bsz, hw)
+        img, pos = ((dist >= 1) & (dist <= max_rings) & corr.valid).nonzero(as_tuple=True)  # sorted (image, pixel)
+        if img.numel() == 0:
             return WaxResult(removed1, removed2, zero, zero + peak_flops)
-        pos, real, width = band
-        pk = wax_peak(a1, a2, peak, nonneg)  # (B, C) or (B, 1)
-        inv = torch.where(pk > 0, 1.0 / pk, torch.zeros_like(pk))
-        tgt = corr.target.gather(1, pos)
-        diff = a1.gather(2, pos[:, None, :].expand(bsz, ch, width)) - a2.gather(2, tgt[:, None, :].expand(bsz, ch, width))
-        err = (diff * inv[..., None]).square().sum(dim=1).reshape(-1)  # (B*P,): normalised, summed over channels
+        flat = img * hw + pos
+        tgt = corr.target.reshape(-1)[flat]
         nb = corr.num_blocks
-        slot = (torch.arange(bsz, device=h1.device)[:, None] * nb + corr.owner.gather(1, pos).clamp(min=0)).reshape(-1)
-        ring_k = torch.where(real, dist.gather(1, pos), 0).reshape(-1)
-        comparable = (~p2.reshape(bsz, h * w).gather(1, tgt)).reshape(-1)
+        slot = img * nb + corr.owner.reshape(-1)[flat].clamp(min=0)
+        ring_k = dist.reshape(-1)[flat]
+        comparable = ~p2.reshape(-1)[img * hw + tgt]  # counterpart kept in view 2
+        # every ring's errors in one read of the maps (with the per-channel MAX): the maps do not stay in
+        # cache between rings, and computing a pixel the decision then skips costs less than a re-read
+        cmp_idx = comparable.nonzero().squeeze(1)
+        if peak == "channel":
+            _, err_cmp = peak_and_ring_errors(a1, a2, img[cmp_idx], pos[cmp_idx], tgt[cmp_idx], nonneg)
+        else:
+            err_cmp = ring_errors(a1, a2, inverse_peak(wax_peak(a1, a2, peak, nonneg)), img[cmp_idx], pos[cmp_idx],
+                                  tgt[cmp_idx])
+        err = torch.zeros(img.numel(), dtype=err_cmp.dtype, device=dev).index_copy_(0, cmp_idx, err_cmp)
         limit = 10.0 ** (-psnr_threshold / 10.0) * ch
-        alive = torch.ones(bsz * nb, dtype=torch.bool, device=h1.device)
-        add = torch.zeros(bsz * width, dtype=torch.bool, device=h1.device)
-        compared = torch.zeros((), device=h1.device)
+        alive = torch.ones(bsz * nb, dtype=torch.bool, device=dev)
+        add = torch.zeros(img.numel(), dtype=torch.bool, device=dev)
+        compared = torch.zeros((), device=dev)
         for k in range(1, max_rings + 1):
-            ring = (ring_k == k) & alive.index_select(0, slot)
-            cf = (ring & comparable).float()
-            se = torch.zeros(bsz * nb, device=h1.device).index_add_(0, slot, err * cf)
-            cnt = torch.zeros(bsz * nb, device=h1.device).index_add_(0, slot, cf)
-            alive = alive & (se <= limit * cnt)
-            add |= ring & alive.index_select(0, slot)
-            compared += cnt.sum() * ch
+            ring = (ring_k == k) & alive[slot]  # ring pixels of still-growing blocks
+            tested = (ring & comparable).nonzero().squeeze(1)
+            se = torch.zeros(bsz * nb, device=dev).index_add_(0, slot[tested], err[tested])
+            cnt = torch.zeros(bsz * nb, device=dev).index_add_(0, slot[tested], torch.ones(tested.numel(), device=dev))
+            alive = alive & (se <= limit * cnt)  # a block with no tested pixel (se = cnt = 0) keeps growing
+            add |= ring & alive[slot]
+            compared += tested.numel() * ch
         flops = (PSNR_PAIR_FLOPS + (1 if peak == "channel" else 0)) * compared + peak_flops
         if not bool(add.any()):
             return WaxResult(removed1, removed2, compared, flops)
-        add = add.view(bsz, width)
-        grow1 = torch.zeros(bsz, h * w, dtype=torch.bool, device=h1.device).scatter_(1, pos, add)
-        grow2 = torch.zeros(bsz, h * w, dtype=torch.uint8, device=h1.device).scatter_reduce_(
-            1, tgt, add.to(torch.uint8), reduce="amax").bool()
+        grow1 = torch.zeros(bsz * hw, dtype=torch.bool, device=dev)
+        grow1[flat[add]] = True
+        grow2 = torch.zeros(bsz * hw, dtype=torch.bool, device=dev)
+        grow2[(img * hw + tgt)[add]] = True  # two pixels may share one counterpart
         m1 = removed1 | grow1.view(bsz, 1, h, w)
         m2 = removed2 | grow2.view(bsz, 1, h, w)
     return WaxResult(m1, m2, compared, flops)
