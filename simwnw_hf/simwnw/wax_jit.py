@@ -17,13 +17,12 @@ numba is a dependency; where it cannot be imported or compile, :func:`ring_error
 
 from __future__ import annotations
 
-import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import torch
 
+from .jit_threads import run_split
 from .masks import wax_peak
 
 __all__ = ["inverse_peak", "peak_and_ring_errors", "ring_errors", "ring_errors_torch"]
@@ -113,29 +112,13 @@ if numba is not None:
     except Exception as err:  # noqa: BLE001
         _ERROR = f"{type(err).__name__}: {err}"
 _WARNED = False
-_POOL: Optional[tuple] = None   # (pid, executor): threads do not survive fork, so one pool per process
+def _by_images(kernel, batch: int, *args) -> None:
+    """``kernel(*args, b0, b1)`` over shares of the images, on torch's thread count (``jit_threads``).
 
-
-def _run_by_images(kernel, batch: int, *args) -> None:
-    """``kernel(*args, b0, b1)`` over images ``0..batch``, split over torch's intra-op thread count.
-
-    Why: the maps are read at memory speed and torch's own reductions use every thread; one compiled
-    thread alone was 2x slower than ``amax`` at 2 threads. The kernels release the GIL and each image's
-    outputs are disjoint, so Python threads are enough (numba's own ``prange`` pool is not safe under
-    concurrent callers).
+    The maps are read at memory speed and torch's own ``amax`` uses every thread: one compiled thread
+    alone was 2x slower than it at 2 threads. Each image's outputs are disjoint.
     """
-    global _POOL
-    threads = min(torch.get_num_threads(), batch)
-    if threads <= 1:
-        kernel(*args, 0, batch)
-        return
-    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1]._max_workers < threads - 1:
-        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="simwnw-wax"))
-    bounds = [batch * i // threads for i in range(threads + 1)]
-    jobs = [_POOL[1].submit(kernel, *args, b0, b1) for b0, b1 in zip(bounds[1:-1], bounds[2:])]
-    kernel(*args, bounds[0], bounds[1])   # this thread takes the first share (no extra thread on the cores)
-    for job in jobs:
-        job.result()
+    run_split(lambda b0, b1: kernel(*args, b0, b1), batch)
 
 
 def _starts(img: torch.Tensor, batch: int) -> torch.Tensor:
@@ -176,7 +159,7 @@ def ring_errors(a1: torch.Tensor, a2: torch.Tensor, inv: torch.Tensor, img: torc
     if n == 0:
         return out
     try:
-        _run_by_images(_kernel, a1.shape[0], a1.numpy(), a2.numpy(), inv.to(a1.dtype).contiguous().numpy(),
+        _by_images(_kernel, a1.shape[0], a1.numpy(), a2.numpy(), inv.to(a1.dtype).contiguous().numpy(),
                        _starts(img, a1.shape[0]).numpy(), pos.numpy(), tgt.numpy(), np.empty(n, dtype=np.float64),
                        out.numpy())
     except Exception as err:  # noqa: BLE001  (a compile failure: say it once, use tensor ops from now on)
@@ -205,7 +188,7 @@ def peak_and_ring_errors(a1: torch.Tensor, a2: torch.Tensor, img: torch.Tensor, 
         out = torch.empty(n, dtype=a1.dtype)
         peak = torch.empty(a1.shape[:2], dtype=a1.dtype)
         try:
-            _run_by_images(_peak_kernel, a1.shape[0], a1.numpy(), a2.numpy(), _starts(img, a1.shape[0]).numpy(),
+            _by_images(_peak_kernel, a1.shape[0], a1.numpy(), a2.numpy(), _starts(img, a1.shape[0]).numpy(),
                            pos.numpy(), tgt.numpy(), bool(nonneg), peak.numpy(), np.empty(n, dtype=np.float64),
                            out.numpy())
             return peak, out
