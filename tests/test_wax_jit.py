@@ -95,3 +95,13 @@ def test_without_numba_one_warning_and_the_twin(monkeypatch):
     assert torch.equal(pk, wax_peak(a1, a2, "channel"))
     assert torch.equal(err, again)
     assert torch.equal(err, wax_jit.ring_errors_torch(a1, a2, wax_jit.inverse_peak(pk), img, pos, tgt))
+
+
+def test_strided_maps_as_from_channels_last():
+    """Maps of a channels_last model flatten to (B, C, N) views with channel stride 1: same numbers."""
+    a1, a2, img, pos, tgt = _case(seed=4)
+    s1, s2 = a1.transpose(1, 2).contiguous().transpose(1, 2), a2.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not s1.is_contiguous()
+    pk, err = wax_jit.peak_and_ring_errors(s1, s2, img, pos, tgt)
+    want_pk, want = wax_jit.peak_and_ring_errors(a1, a2, img, pos, tgt)
+    assert torch.equal(pk, want_pk) and torch.equal(err, want)
