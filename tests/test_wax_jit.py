@@ -50,7 +50,8 @@ def test_peak_and_ring_errors_equal_definition(relu, threads):
     # spelled out: one pixel's error over channels
     r = 7
     b, p, t = int(img[r]), int(pos[r]), int(tgt[r])
-    by_hand = sum(float(((a1[b, c, p] - a2[b, c, t]) * wax_jit.inverse_peak(want_pk)[b, c]) ** 2) for c in range(a1.shape[1]))
+    inv = wax_jit.inverse_peak(want_pk)
+    by_hand = sum(float(((a1[b, c, p] - a2[b, c, t]) * inv[b, c]) ** 2) for c in range(a1.shape[1]))
     assert float(err[r]) == pytest.approx(by_hand, rel=1e-6)
 
 
@@ -62,7 +63,8 @@ def test_thread_split_gives_the_same_bits():
     for threads in (1, 2):
         torch.set_num_threads(threads)
         try:
-            out[threads] = (wax_jit.peak_and_ring_errors(a1, a2, img, pos, tgt), wax_jit.ring_errors(a1, a2, inv, img, pos, tgt))
+            out[threads] = (wax_jit.peak_and_ring_errors(a1, a2, img, pos, tgt),
+                            wax_jit.ring_errors(a1, a2, inv, img, pos, tgt))
         finally:
             torch.set_num_threads(before)
     assert torch.equal(out[1][0][0], out[2][0][0]) and torch.equal(out[1][0][1], out[2][0][1])

@@ -121,6 +121,12 @@ def _by_images(kernel, batch: int, *args) -> None:
     run_split(lambda b0, b1: kernel(*args, b0, b1), batch)
 
 
+def _first_line(err: Exception) -> str:
+    """``Type: first line of the message`` (200 characters at most), for the one fallback warning."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"[:200]
+
+
 def _starts(img: torch.Tensor, batch: int) -> torch.Tensor:
     """(batch + 1,) first row of each image's pixels in ``img``-sorted lists."""
     starts = torch.zeros(batch + 1, dtype=torch.int64)
@@ -160,10 +166,10 @@ def ring_errors(a1: torch.Tensor, a2: torch.Tensor, inv: torch.Tensor, img: torc
         return out
     try:
         _by_images(_kernel, a1.shape[0], a1.numpy(), a2.numpy(), inv.to(a1.dtype).contiguous().numpy(),
-                       _starts(img, a1.shape[0]).numpy(), pos.numpy(), tgt.numpy(), np.empty(n, dtype=np.float64),
-                       out.numpy())
+                   _starts(img, a1.shape[0]).numpy(), pos.numpy(), tgt.numpy(), np.empty(n, dtype=np.float64),
+                   out.numpy())
     except Exception as err:  # noqa: BLE001  (a compile failure: say it once, use tensor ops from now on)
-        _ERROR = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"[:200]
+        _ERROR = _first_line(err)
         return ring_errors(a1, a2, inv, img, pos, tgt)
     return out
 
@@ -183,16 +189,17 @@ def peak_and_ring_errors(a1: torch.Tensor, a2: torch.Tensor, img: torch.Tensor, 
     maps holding NaN are not decided alike (the loop's maximum skips NaN; ``amax`` returns it).
     """
     global _ERROR
-    if a1.device.type == "cpu" and a1.dtype == a2.dtype == torch.float32 and _peak_kernel is not None and _ERROR is None and a1.shape[2] > 0:
+    compiled = _peak_kernel is not None and _ERROR is None
+    if compiled and a1.device.type == "cpu" and a1.dtype == a2.dtype == torch.float32 and a1.shape[2] > 0:
         n = pos.shape[0]
         out = torch.empty(n, dtype=a1.dtype)
         peak = torch.empty(a1.shape[:2], dtype=a1.dtype)
         try:
             _by_images(_peak_kernel, a1.shape[0], a1.numpy(), a2.numpy(), _starts(img, a1.shape[0]).numpy(),
-                           pos.numpy(), tgt.numpy(), bool(nonneg), peak.numpy(), np.empty(n, dtype=np.float64),
-                           out.numpy())
+                       pos.numpy(), tgt.numpy(), bool(nonneg), peak.numpy(), np.empty(n, dtype=np.float64),
+                       out.numpy())
             return peak, out
         except Exception as err:  # noqa: BLE001  (said once by ring_errors below)
-            _ERROR = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"[:200]
+            _ERROR = _first_line(err)
     pk = wax_peak(a1, a2, "channel", nonneg)
     return pk, ring_errors(a1, a2, inverse_peak(pk), img, pos, tgt)
