@@ -112,6 +112,8 @@ if numba is not None:
     except Exception as err:  # noqa: BLE001
         _ERROR = f"{type(err).__name__}: {err}"
 _WARNED = False
+
+
 def _by_images(kernel, batch: int, *args) -> None:
     """``kernel(*args, b0, b1)`` over shares of the images, on torch's thread count (``jit_threads``).
 
