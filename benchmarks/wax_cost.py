@@ -1,9 +1,10 @@
-"""What spatial waxing costs in one SimWnW step: the compiled one-read path vs its tensor-op twin.
+"""What spatial waxing costs in one SimWnW step: the compiled decision loop vs its tensor-op twin.
 
 Captures the inputs of every ``wax_spatial_compact`` call of one pair step (ResNet-50, 224 px by
 default, the fused executor), checks that both paths give the same masks and counts, then replays the
 calls with each path, interleaved, ``--rounds`` times. The twin is what runs where numba cannot
-(``wax_jit.ring_errors_torch`` and ``masks.wax_peak``: gathers, elementwise passes, a separate peak pass).
+(``lean_exec._spatial_growth_torch``: ring distance by dilations, gathers, a separate peak pass, index_add
+block sums, scatters).
 
     OMP_NUM_THREADS=T PYTHONPATH=. python benchmarks/wax_cost.py --source $I --threads T --rounds 10
 """
@@ -42,16 +43,16 @@ def capture(model, batch, settings) -> list:
 
 
 def replay(calls, twin: bool):
-    saved = wax_jit._kernel, wax_jit._peak_kernel, wax_jit._WARNED
+    saved = wax_jit._kernel, wax_jit._WARNED
     if twin:
-        wax_jit._kernel = wax_jit._peak_kernel = None
+        wax_jit._kernel = None
         wax_jit._WARNED = True  # the fallback's warning is for users, not for this benchmark
     try:
         t = time.perf_counter()
         out = [lean_exec.wax_spatial_compact(*args, **kwargs) for args, kwargs in calls]
         return time.perf_counter() - t, out
     finally:
-        wax_jit._kernel, wax_jit._peak_kernel, wax_jit._WARNED = saved
+        wax_jit._kernel, wax_jit._WARNED = saved
 
 
 def main(argv=None):
@@ -63,7 +64,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=10)
     args = p.parse_args(argv)
-    if wax_jit._peak_kernel is None:
+    if wax_jit._kernel is None:
         raise SystemExit("numba is unavailable here: there is no compiled path to compare")
     torch.set_num_threads(args.threads)
     model = timm.create_model(args.model).train()
@@ -76,9 +77,9 @@ def main(argv=None):
         if not (torch.equal(a.removed1, b.removed1) and torch.equal(a.removed2, b.removed2)
                 and float(a.compared_pairs) == float(b.compared_pairs)):
             raise SystemExit("compiled and tensor-op waxing disagree")
-    times = {"one read (numba)": [], "tensor ops (twin)": []}
+    times = {"compiled decision loop (numba)": [], "tensor ops (twin)": []}
     for _ in range(args.rounds):
-        times["one read (numba)"].append(replay(calls, False)[0])
+        times["compiled decision loop (numba)"].append(replay(calls, False)[0])
         times["tensor ops (twin)"].append(replay(calls, True)[0])
     print("| model / input | threads | waxing calls | path | per step, median (min-max) |\n|---|---|---|---|---|")
     for name, v in times.items():

@@ -293,11 +293,10 @@ def test_wax_compact_equals_wax_on_matched_masks():
 
 @pytest.fixture(params=["numba", "torch"])
 def ring_engine(request, monkeypatch):
-    """Spatial waxing's ring errors by the compiled loop, or (numba made unavailable) by its torch twin."""
+    """Spatial waxing by the compiled loop, or (numba made unavailable) by its tensor-op twin."""
     if request.param == "torch":
         from simwnw_hf.simwnw import wax_jit
         monkeypatch.setattr(wax_jit, "_kernel", None)
-        monkeypatch.setattr(wax_jit, "_peak_kernel", None)
         monkeypatch.setattr(wax_jit, "_WARNED", True)  # its one warning is tested in test_wax_jit.py
     return request.param
 

@@ -41,7 +41,7 @@ from .masked_exec import masked_batch_norm
 from .masks import (PEAK_FLOPS, PSNR_PAIR_FLOPS, Correspondence, WaxResult, active_inputs, check_wax_inputs,
                     ring_distance, wax_peak)
 from .skip_exec import skip_conv1x1
-from .wax_jit import inverse_peak, peak_and_ring_errors, ring_errors
+from .wax_jit import SpatialGrowth, inverse_peak, ring_errors_torch, spatial_wax
 
 __all__ = ["lean_conv2d", "lean_batch_norm", "zeroable_relu", "wax_compact", "wax_spatial_compact", "compact_mask",
            "zero_by_mask", "zero_relu_output_"]
@@ -328,16 +328,61 @@ def wax_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, remo
     return WaxResult(m1, m2, compared, flops)
 
 
+def _spatial_growth_torch(a1: torch.Tensor, a2: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor,
+                          corr: Correspondence, hw: tuple[int, int], psnr_threshold: float, max_rings: int,
+                          inv: Optional[torch.Tensor], nonneg: bool) -> SpatialGrowth:
+    """``wax_jit.spatial_wax`` in tensor ops (any device, any float dtype): what runs where it cannot.
+
+    The ring band of the position mask is listed once as sorted (image, pixel) pairs; the errors of
+    every band pixel with a kept counterpart, summed over channels, come from two gathers; block sums
+    are ``index_add`` over (image, block). No per-channel state: nothing grows to ``(B, C, H, W)``.
+    """
+    bsz, ch, n = a1.shape
+    dev = a1.device
+    grow1 = torch.zeros(bsz * n, dtype=torch.bool, device=dev)
+    grow2 = torch.zeros(bsz * n, dtype=torch.bool, device=dev)
+    dist = ring_distance(p1.view(bsz, 1, *hw), max_rings).reshape(bsz, n)
+    img, pos = ((dist >= 1) & (dist <= max_rings) & corr.valid).nonzero(as_tuple=True)  # sorted (image, pixel)
+    if img.numel() == 0:
+        return SpatialGrowth(grow1.view(bsz, n), grow2.view(bsz, n), 0)
+    flat = img * n + pos
+    tgt = corr.target.reshape(-1)[flat]
+    nb = corr.num_blocks
+    slot = img * nb + corr.owner.reshape(-1)[flat].clamp(min=0)
+    ring_k = dist.reshape(-1)[flat]
+    comparable = ~p2.reshape(-1)[img * n + tgt]  # counterpart kept in view 2
+    cmp_idx = comparable.nonzero().squeeze(1)
+    if inv is None:
+        inv = inverse_peak(wax_peak(a1, a2, "channel", nonneg))
+    err = torch.zeros(img.numel(), dtype=a1.dtype, device=dev).index_copy_(
+        0, cmp_idx, ring_errors_torch(a1, a2, inv, img[cmp_idx], pos[cmp_idx], tgt[cmp_idx]))
+    limit = 10.0 ** (-psnr_threshold / 10.0) * ch
+    alive = torch.ones(bsz * nb, dtype=torch.bool, device=dev)
+    add = torch.zeros(img.numel(), dtype=torch.bool, device=dev)
+    tested = 0
+    for k in range(1, max_rings + 1):
+        ring = (ring_k == k) & alive[slot]  # ring pixels of still-growing blocks
+        idx = (ring & comparable).nonzero().squeeze(1)
+        se = torch.zeros(bsz * nb, dtype=err.dtype, device=dev).index_add_(0, slot[idx], err[idx])
+        cnt = torch.zeros(bsz * nb, dtype=err.dtype, device=dev).index_add_(
+            0, slot[idx], torch.ones(idx.numel(), dtype=err.dtype, device=dev))
+        alive = alive & (se <= limit * cnt)  # a block with no tested pixel (se = cnt = 0) keeps growing
+        add |= ring & alive[slot]
+        tested += idx.numel()
+    grow1[flat[add]] = True
+    grow2[(img * n + tgt)[add]] = True  # two pixels may share one counterpart
+    return SpatialGrowth(grow1.view(bsz, n), grow2.view(bsz, n), tested)
+
+
 def wax_spatial_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tensor, removed2: torch.Tensor,
                         corr: Correspondence, psnr_threshold: float = 20.0, max_rings: int = 2,
                         peak: str = "channel", nonneg: bool = False) -> WaxResult:
     """``masks.wax(decision="spatial")`` on ring pixels only, masks kept ``(B, 1, H, W)``.
 
-    The ring band of the position mask is listed once as sorted (image, pixel) pairs. The errors of
-    every band pixel with a kept counterpart, reduced over channels, come from one compiled read of
-    both maps that also takes the per-channel MAX (``wax_jit.peak_and_ring_errors``; in tensor ops
-    these were two gathers, four elementwise passes and a separate ``amax`` pass). Block sums are
-    ``index_add`` over (image, block). No per-channel state: nothing grows to ``(B, C, H, W)``.
+    The whole decision (ring distance, band, the per-channel MAX and the band's errors in one read of
+    both maps, block decisions, growth) is one compiled loop per image (``wax_jit.spatial_wax``); where
+    it cannot run (no numba, not CPU float32) the same growth comes from tensor ops
+    (:func:`_spatial_growth_torch`). Returns the input masks themselves when nothing grows.
     """
     check_wax_inputs(h1, h2, corr, max_rings, "spatial", peak)
     bsz, ch, h, w = h1.shape
@@ -349,47 +394,18 @@ def wax_spatial_compact(h1: torch.Tensor, h2: torch.Tensor, removed1: torch.Tens
     with torch.no_grad():
         p1 = removed1 if removed1.shape[1] == 1 else removed1.all(dim=1, keepdim=True)  # positions removed everywhere
         p2 = removed2 if removed2.shape[1] == 1 else removed2.all(dim=1, keepdim=True)
+        p1, p2 = p1.reshape(bsz, hw), p2.reshape(bsz, hw)
         a1 = h1.detach().float().reshape(bsz, ch, hw)
         a2 = h2.detach().float().reshape(bsz, ch, hw)
-        peak_flops = PEAK_FLOPS * 2 * a1.numel()
-        dist = ring_distance(p1, max_rings).reshape(bsz, hw)
-        img, pos = ((dist >= 1) & (dist <= max_rings) & corr.valid).nonzero(as_tuple=True)  # sorted (image, pixel)
-        if img.numel() == 0:
-            return WaxResult(removed1, removed2, zero, zero + peak_flops)
-        flat = img * hw + pos
-        tgt = corr.target.reshape(-1)[flat]
-        nb = corr.num_blocks
-        slot = img * nb + corr.owner.reshape(-1)[flat].clamp(min=0)
-        ring_k = dist.reshape(-1)[flat]
-        comparable = ~p2.reshape(-1)[img * hw + tgt]  # counterpart kept in view 2
-        # every ring's errors in one read of the maps (with the per-channel MAX): the maps do not stay in
-        # cache between rings, and computing a pixel the decision then skips costs less than a re-read
-        cmp_idx = comparable.nonzero().squeeze(1)
-        if peak == "channel":
-            _, err_cmp = peak_and_ring_errors(a1, a2, img[cmp_idx], pos[cmp_idx], tgt[cmp_idx], nonneg)
-        else:
-            err_cmp = ring_errors(a1, a2, inverse_peak(wax_peak(a1, a2, peak, nonneg)), img[cmp_idx], pos[cmp_idx],
-                                  tgt[cmp_idx])
-        err = torch.zeros(img.numel(), dtype=err_cmp.dtype, device=dev).index_copy_(0, cmp_idx, err_cmp)
-        limit = 10.0 ** (-psnr_threshold / 10.0) * ch
-        alive = torch.ones(bsz * nb, dtype=torch.bool, device=dev)
-        add = torch.zeros(img.numel(), dtype=torch.bool, device=dev)
-        compared = torch.zeros((), device=dev)
-        for k in range(1, max_rings + 1):
-            ring = (ring_k == k) & alive[slot]  # ring pixels of still-growing blocks
-            tested = (ring & comparable).nonzero().squeeze(1)
-            se = torch.zeros(bsz * nb, device=dev).index_add_(0, slot[tested], err[tested])
-            cnt = torch.zeros(bsz * nb, device=dev).index_add_(0, slot[tested], torch.ones(tested.numel(), device=dev))
-            alive = alive & (se <= limit * cnt)  # a block with no tested pixel (se = cnt = 0) keeps growing
-            add |= ring & alive[slot]
-            compared += tested.numel() * ch
-        flops = (PSNR_PAIR_FLOPS + (1 if peak == "channel" else 0)) * compared + peak_flops
-        if not bool(add.any()):
+        inv = None if peak == "channel" else inverse_peak(wax_peak(a1, a2, peak, nonneg))
+        args = (a1, a2, p1, p2, corr, (h, w), psnr_threshold, max_rings, inv, nonneg)
+        growth = spatial_wax(*args)
+        if growth is None:
+            growth = _spatial_growth_torch(*args)
+        compared = zero + growth.tested * ch
+        flops = (PSNR_PAIR_FLOPS + (1 if peak == "channel" else 0)) * compared + PEAK_FLOPS * 2 * a1.numel()
+        if not bool(growth.grow1.any()):
             return WaxResult(removed1, removed2, compared, flops)
-        grow1 = torch.zeros(bsz * hw, dtype=torch.bool, device=dev)
-        grow1[flat[add]] = True
-        grow2 = torch.zeros(bsz * hw, dtype=torch.bool, device=dev)
-        grow2[(img * hw + tgt)[add]] = True  # two pixels may share one counterpart
-        m1 = removed1 | grow1.view(bsz, 1, h, w)
-        m2 = removed2 | grow2.view(bsz, 1, h, w)
+        m1 = removed1 | growth.grow1.view(bsz, 1, h, w)
+        m2 = removed2 | growth.grow2.view(bsz, 1, h, w)
     return WaxResult(m1, m2, compared, flops)
