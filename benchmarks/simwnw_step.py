@@ -16,6 +16,10 @@ then each executor) so that drift on a shared machine hits all of them alike:
 input blocks (the matched positions are kept, so view 2 removes the matched blocks): it shows what
 the executors cost at removal levels the 20 dB test rarely reaches at random init.
 
+``--batches N`` cycles N different batches (seeds 0..N-1; repeat r runs batch r mod N in every variant, each
+batch warmed up once per variant): masks, band sizes and compiled kernels' shapes change from batch to
+batch as in training, which one repeated batch hides. FLOPs ratio and removal are then means over repeats.
+
 Rows report the median step time with its min-max over repeats, and the median (min-max) over
 repeats of the ratio to the dense step of the same repeat (neighbours in time, so drift cancels).
 ``cpu ratio`` is the same ratio of process CPU time (``time.process_time``, all threads): on a
@@ -102,27 +106,30 @@ def pair_step(model, x1, x2, g1, g2, settings: SimWnWSettings, force: float | No
                 removal=stats.removed_fraction_sum / stats.pairs), t_match
 
 
-def run_case(model, batch, arms, repeats, force, compiled=None):
-    """``arms``: [(label, settings overrides)]; every repeat times dense, then each arm, back to back.
+def run_case(model, batches, arms, repeats, force, compiled=None):
+    """``arms``: [(label, settings overrides)]; every repeat times dense, then each arm, back to back, on
+    ``batches[repeat % len(batches)]``.
 
     ``compiled``: ``torch.compile(model)``, timed as arm ``dense-compiled`` right after dense (the same
     work with fused kernels: what a dense step gains from compiling alone)."""
-    x1, x2, g1, g2 = batch
     base = model.pair_settings
     arms = [(label, replace(base, **over)) for label, over in arms]
-    with FlopCounterMode(display=False) as counter:
+    x1, x2, _, _ = batches[0]
+    with FlopCounterMode(display=False) as counter:  # the same shapes, so the same FLOPs, for every batch
         dense_step(model, x1, x2)
     dense_flops = float(counter.get_total_flops())
     for _, settings in arms:
-        pair_step(model, x1, x2, g1, g2, settings, force)  # warm-up (and any executor calibration)
+        for x1, x2, g1, g2 in batches:  # warm-up (any executor calibration, compiled kernels' shapes)
+            pair_step(model, x1, x2, g1, g2, settings, force)
     labels = [label for label, _ in arms]
     dense_arms = {"dense": model} if compiled is None else {"dense": model, "dense-compiled": compiled}
     for m in dense_arms.values():
-        dense_step(m, x1, x2)  # warm-up (the compiled model compiles here)
+        dense_step(m, *batches[0][:2])  # warm-up (the compiled model compiles here)
     times = {k: [] for k in [*dense_arms, *labels]}
     cpu = {k: [] for k in [*dense_arms, *labels]}
-    stats, match_t = {}, {k: [] for k in labels}
-    for _ in range(repeats):
+    stats, match_t = {k: [] for k in labels}, {k: [] for k in labels}
+    for r in range(repeats):
+        x1, x2, g1, g2 = batches[r % len(batches)]
         for name, m in dense_arms.items():
             t, c = time.perf_counter(), time.process_time()
             dense_step(m, x1, x2)
@@ -130,15 +137,17 @@ def run_case(model, batch, arms, repeats, force, compiled=None):
             cpu[name].append(time.process_time() - c)
         for label, settings in arms:
             t, c = time.perf_counter(), time.process_time()
-            stats[label], tm = pair_step(model, x1, x2, g1, g2, settings, force)
+            st, tm = pair_step(model, x1, x2, g1, g2, settings, force)
             times[label].append(time.perf_counter() - t)
             cpu[label].append(time.process_time() - c)
+            stats[label].append(st)
             match_t[label].append(tm)
     model.configure_pair_pruning(base)
-    flops_ratio = {k: (dense_flops - (st["dense_flops"] - st["kept_flops"]) + st["overhead_flops"]) / dense_flops
-                   for k, st in stats.items()}
+    flops_ratio = {k: statistics.fmean((dense_flops - (st["dense_flops"] - st["kept_flops"]) + st["overhead_flops"])
+                                       / dense_flops for st in sts) for k, sts in stats.items()}
     d = statistics.median(cpu["dense"])
-    return dict(times=times, cpu=cpu, flops_ratio=flops_ratio, removal=stats[labels[0]]["removal"],
+    return dict(times=times, cpu=cpu, flops_ratio=flops_ratio,
+                removal=statistics.fmean(st["removal"] for st in stats[labels[0]]),
                 match_pct={k: 100 * statistics.median(v) / d for k, v in match_t.items()})
 
 
@@ -167,6 +176,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batches", type=int, default=1,
+                   help="cycle this many different batches over the repeats (masks change as in training)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--executors", default="reference,lean,fused",
                    help="comma-separated arms: an executor (reference, lean, fused, auto), optionally with SimWnWSettings "
@@ -187,22 +198,26 @@ def main(argv=None):
     rings = {} if args.max_rings is None else {"max_rings": args.max_rings}
     model.configure_pair_pruning(SimWnWSettings(psnr_threshold=args.psnr_threshold, **rings))
     cfg = model.pretrained_cfg
-    batch = make_batch(args.source, args.batch, args.size, cfg["mean"], cfg["std"], seed=0)
+    if args.batches < 1:
+        raise SystemExit(f"--batches must be at least 1, got {args.batches}")
+    batches = [make_batch(args.source, args.batch, args.size, cfg["mean"], cfg["std"], seed=s)
+               for s in range(args.batches)]
     arms = [parse_arm(e) for e in args.executors.split(",") if e]
     if args.profile:
-        return profile_steps(model, batch, parse_arm(args.profile)[1])
+        return profile_steps(model, batches[0], parse_arm(args.profile)[1])
     levels = [None] + [float(v) for v in args.force_removal.split(",") if v]
     compiled = torch.compile(model) if args.compiled_dense else None
     lines = []
     for force in levels:
-        res = run_case(model, batch, arms, args.repeats, force, compiled)
+        res = run_case(model, batches, arms, args.repeats, force, compiled)
         for name in res["times"]:
             ts = res["times"][name]
             ratios = [t / d for t, d in zip(ts, res["times"]["dense"])]  # per repeat: interleaved neighbours
             cpu_ratios = [t / d for t, d in zip(res["cpu"][name], res["cpu"]["dense"])]
             lines.append(f"| {args.model} {args.size}px b{args.batch} | {args.threads} | "
                          f"{f'real ({args.psnr_threshold:g} dB)' if force is None else f'forced {force:.0%}'}"
-                         f"{'' if args.max_rings is None else f', {args.max_rings} rings'} | {res['removal']:.3f} | {name} | "
+                         f"{'' if args.max_rings is None else f', {args.max_rings} rings'}"
+                         f"{'' if args.batches == 1 else f', {args.batches} batches'} | {res['removal']:.3f} | {name} | "
                          f"{statistics.median(ts):.2f} s ({min(ts):.2f}-{max(ts):.2f}) | "
                          f"**{statistics.median(ratios):.3f}** ({min(ratios):.2f}-{max(ratios):.2f}) | "
                          f"{statistics.median(cpu_ratios):.3f} ({min(cpu_ratios):.2f}-{max(cpu_ratios):.2f}) | "
