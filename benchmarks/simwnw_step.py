@@ -16,6 +16,9 @@ then each executor) so that drift on a shared machine hits all of them alike:
 input blocks (the matched positions are kept, so view 2 removes the matched blocks): it shows what
 the executors cost at removal levels the 20 dB test rarely reaches at random init.
 
+``--tune-malloc`` sets glibc malloc as the training scripts do (``simwnw_hf/train/allocator.py``: no
+trimming, so freed memory is not faulted in again every step) for all variants alike.
+
 ``--batches N`` cycles N different batches (seeds 0..N-1; repeat r runs batch r mod N in every variant, each
 batch warmed up once per variant): masks, band sizes and compiled kernels' shapes change from batch to
 batch as in training, which one repeated batch hides. FLOPs ratio and removal are then means over repeats.
@@ -47,6 +50,7 @@ from simwnw_hf.data.datasets import load_image_dataset
 from simwnw_hf.data.views import TwoViewTransform
 from simwnw_hf.pruning.settings import SimWnWSettings
 from simwnw_hf.simwnw.block_matching import removal_masks
+from simwnw_hf.train.allocator import tune_malloc
 
 from report_rows import append_rows  # noqa: E402  (benchmarks/ is the script directory)
 
@@ -176,6 +180,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--tune-malloc", action="store_true",
+                   help="glibc malloc as the training scripts set it (simwnw_hf/train/allocator.py), for every arm")
     p.add_argument("--batches", type=int, default=1,
                    help="cycle this many different batches over the repeats (masks change as in training)")
     p.add_argument("--threads", type=int, default=1)
@@ -193,6 +199,8 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="append a markdown table here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.tune_malloc and not tune_malloc()[0]:
+        raise SystemExit(f"--tune-malloc: {tune_malloc()[1]}")
     torch.manual_seed(0)
     model = timm.create_model(args.model, num_classes=0).train()
     rings = {} if args.max_rings is None else {"max_rings": args.max_rings}
@@ -217,7 +225,8 @@ def main(argv=None):
             lines.append(f"| {args.model} {args.size}px b{args.batch} | {args.threads} | "
                          f"{f'real ({args.psnr_threshold:g} dB)' if force is None else f'forced {force:.0%}'}"
                          f"{'' if args.max_rings is None else f', {args.max_rings} rings'}"
-                         f"{'' if args.batches == 1 else f', {args.batches} batches'} | {res['removal']:.3f} | {name} | "
+                         f"{'' if args.batches == 1 else f', {args.batches} batches'}"
+                         f"{', tuned malloc' if args.tune_malloc else ''} | {res['removal']:.3f} | {name} | "
                          f"{statistics.median(ts):.2f} s ({min(ts):.2f}-{max(ts):.2f}) | "
                          f"**{statistics.median(ratios):.3f}** ({min(ratios):.2f}-{max(ratios):.2f}) | "
                          f"{statistics.median(cpu_ratios):.3f} ({min(cpu_ratios):.2f}-{max(cpu_ratios):.2f}) | "

@@ -45,6 +45,7 @@ from .checkpoint import (checkpoint_dirs, find_resumable_checkpoint, load_traine
 from .config import TrainConfig
 from .flops import dense_step_flops
 from .layout import METRICS_FILE, RUN_CONFIG_FILE, SUMMARY_FILE
+from .allocator import tune_malloc
 from .precision import check_mixed_precision
 from .run_files import (append_metrics, check_finite, check_resume_config, read_run_config, resume_history,
                         truncate_metrics, write_json_atomic)
@@ -320,6 +321,10 @@ def build_run(cfg: TrainConfig, exclude: Optional[Sequence[int]] = None) -> Run:
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     if accelerator.is_main_process:
         check_mixed_precision(accelerator.mixed_precision, accelerator.device)  # one warning line when it is slow
+    if cfg.malloc_tuning and accelerator.device.type == "cpu":
+        applied, why = tune_malloc()
+        if accelerator.is_main_process and applied:
+            accelerator.print(f"{why}; --no-malloc-tuning keeps glibc's defaults")
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     _check_output_dir(cfg, out, excluded=bool(exclude))
