@@ -5,11 +5,13 @@ returns freed memory at the top of its heaps to the kernel (trimming) and serves
 ``mmap`` s, so the next step touches new pages: every 4 KiB page is a minor page fault, zeroed by the
 kernel inside the convolution or kernel that first writes it. Measured in one process on a 2-vCPU
 Intel VM (ResNet-50, 224 px, batch 8, 2 threads, 4 batches cycled, 8 interleaved repeats,
-``benchmarks/results/simwnw_step.md`` run M): glibc's defaults 158 k faults and 0.45 s of system time
-per dense step, 208 k / 0.61 s per SimWnW step; with trimming off and a fixed 32 MiB mmap threshold no
-faults, the dense step 4.93 -> 4.36 s, the SimWnW step 5.57 -> 4.69 s (ratio 1.117 -> 1.075). This is
-what PyTorch's CPU launcher (``torch.backends.xeon.run_cpu``) does by preloading jemalloc or tcmalloc;
-here it is ``mallopt`` on the running process, so it needs no preload and no install.
+``benchmarks/malloc_tuning.py``, ``benchmarks/results/simwnw_step.md`` run M): with glibc's defaults
+122-158 k faults and 0.32-0.45 s of system time per dense step, 136-208 k / 0.34-0.61 s per SimWnW
+step; tuned, none (0.01 s). Wall time: in one run the dense step went 4.93 -> 4.36 s and the SimWnW
+step 5.57 -> 4.69 s, in a second run both stayed within the machine's noise (4.56 -> 4.67 s, 4.83 ->
+5.08 s). PyTorch's CPU launcher (``torch.backends.xeon.run_cpu``) treats the same cost by preloading
+tcmalloc or jemalloc where it finds one; here it is ``mallopt`` on the running process: no preload, no
+install.
 
 The cost: memory freed by a step stays in the process for the next one (resident memory stays at the
 peak the step reaches anyway). Blocks above 32 MiB (glibc's largest mmap threshold) still come from
