@@ -59,3 +59,15 @@ def test_user_choice_is_left_alone(env, named):
 def test_applies_without_user_settings():
     applied, why = tune_malloc({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F"})  # not a malloc setting
     assert applied and "no trimming" in why
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_trainer_tunes_malloc_on_cpu_unless_told_not_to(tmp_path, monkeypatch, capsys, flag):
+    import simwnw_hf.train.trainer as trainer
+    from test_training import tiny
+
+    calls = []
+    monkeypatch.setattr(trainer, "tune_malloc", lambda: calls.append(1) or (True, "tuned for the test"))
+    trainer.train(tiny(tmp_path, max_steps=1, save_every=1, malloc_tuning=flag))
+    assert calls == ([1] if flag else [])
+    assert ("tuned for the test; --no-malloc-tuning keeps glibc's defaults" in capsys.readouterr().out) is flag
