@@ -96,14 +96,16 @@ def pair_parts(model, x1, x2, g1, g2, executor: str) -> dict:
     return parts
 
 
-def breakdown(model, batch, executor: str, repeats: int, warmup: int = 2):
-    """Per-part wall times of ``repeats`` interleaved (dense, pair) steps after ``warmup`` of each."""
-    x1, x2, g1, g2 = batch
+def breakdown(model, batches, executor: str, repeats: int, warmup: int = 2):
+    """Per-part wall times of ``repeats`` interleaved (dense, pair) steps on ``batches[repeat % len]``,
+    after ``warmup`` rounds of each over every batch."""
     for _ in range(warmup):
-        dense_parts(model, x1, x2)
-        pair_parts(model, x1, x2, g1, g2, executor)
+        for x1, x2, g1, g2 in batches:
+            dense_parts(model, x1, x2)
+            pair_parts(model, x1, x2, g1, g2, executor)
     dense, pair = [], []
-    for _ in range(repeats):
+    for r in range(repeats):
+        x1, x2, g1, g2 = batches[r % len(batches)]
         dense.append(dense_parts(model, x1, x2))
         pair.append(pair_parts(model, x1, x2, g1, g2, executor))
     return dense, pair
@@ -134,6 +136,8 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batches", type=int, default=1,
+                   help="cycle this many different batches over the repeats (as simwnw_step.py --batches)")
     p.add_argument("--executor", default="fused", choices=sorted(EXECUTOR_OPS))
     p.add_argument("--out", help="append the markdown rows to this file")
     args = p.parse_args(argv)
@@ -142,9 +146,13 @@ def main(argv=None):
     model = timm.create_model(args.model, num_classes=0).train()
     model.configure_pair_pruning(SimWnWSettings(executor=args.executor))
     cfg = model.pretrained_cfg
-    batch = make_batch(args.source, args.batch, args.size, cfg["mean"], cfg["std"], seed=0)
-    dense, pair = breakdown(model, batch, args.executor, args.repeats)
-    label = f"{args.model} {args.size}px b{args.batch}, {args.threads} thread{'s' if args.threads > 1 else ''}, {args.executor}"
+    if args.batches < 1:
+        raise SystemExit(f"--batches must be at least 1, got {args.batches}")
+    batches = [make_batch(args.source, args.batch, args.size, cfg["mean"], cfg["std"], seed=s)
+               for s in range(args.batches)]
+    dense, pair = breakdown(model, batches, args.executor, args.repeats, warmup=1 if args.batches > 1 else 2)
+    label = (f"{args.model} {args.size}px b{args.batch}, {args.threads} thread{'s' if args.threads > 1 else ''}, "
+             f"{args.executor}{'' if args.batches == 1 else f', {args.batches} batches'}")
     lines = ["| case | part | dense (ms) | pair (ms, min-max) | extra (ms) | extra / dense step |",
              "|---|---|---|---|---|---|", *table_rows(label, dense, pair)]
     print("\n".join(lines), flush=True)
