@@ -15,7 +15,8 @@ loss on pooled features, backward), dense and pair interleaved in every repeat:
 The ``extra`` column is the median of (pair part - dense part) over repeats, in ms and as a share of the
 dense step's median (matching counts whole: the dense step has none). The forward parts are per step
 (summed over the step's calls) and have no dense counterpart timed, so no extra. CPU, one process;
-``--threads`` sets torch's thread count. Commands for the committed tables are in
+``--threads`` sets torch's thread count; ``--batches N`` cycles N different batches (masks change from
+batch to batch as in training; ``simwnw_step.py --batches``). Commands for the committed tables are in
 ``benchmarks/results/simwnw_step.md``.
 
     OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/step_breakdown.py --source <imagenet-sample>/dev.parquet \\
