@@ -27,7 +27,7 @@ import simwnw_hf  # noqa: F401  (registers simwnw_* models)
 from simwnw_hf.pruning.settings import SimWnWSettings
 from simwnw_hf.train.allocator import tune_malloc
 
-from simwnw_step import dense_step, make_batch, pair_step  # noqa: E402  (benchmarks/ is the script directory)
+from simwnw_step import dense_step, make_batches, pair_step  # noqa: E402  (benchmarks/ is the script directory)
 
 
 def timed(fn) -> tuple[float, float, int, float]:
@@ -78,8 +78,7 @@ def main(argv=None):
     model = timm.create_model(args.model, num_classes=0).train()
     model.configure_pair_pruning(SimWnWSettings())
     cfg = model.pretrained_cfg
-    batches = [make_batch(args.source, args.batch, args.size, cfg["mean"], cfg["std"], seed=s)
-               for s in range(args.batches)]
+    batches = make_batches(args.source, args.batches, args.batch, args.size, cfg["mean"], cfg["std"])
     for x1, x2, g1, g2 in batches:  # warm-up: compiled kernels for every batch's shapes
         pair_step(model, x1, x2, g1, g2, model.pair_settings)
     dense_step(model, *batches[0][:2])

@@ -69,6 +69,13 @@ def make_batch(source: str, batch: int, size: int, mean, std, seed: int):
     return b["views"][0], b["views"][1], b["geometry"][0], b["geometry"][1]
 
 
+def make_batches(source: str, count: int, batch: int, size: int, mean, std) -> list:
+    """``count`` different batches (seeds 0..count-1) of :func:`make_batch`, for ``--batches``."""
+    if count < 1:
+        raise SystemExit(f"--batches must be at least 1, got {count}")
+    return [make_batch(source, batch, size, mean, std, seed=s) for s in range(count)]
+
+
 def dense_step(model, x1, x2):
     model.zero_grad(set_to_none=True)
     simsiam_loss(model(x1), model(x2)).backward()
@@ -199,17 +206,16 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="append a markdown table here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.tune_malloc and not tune_malloc()[0]:
-        raise SystemExit(f"--tune-malloc: {tune_malloc()[1]}")
+    if args.tune_malloc:
+        applied, why = tune_malloc()
+        if not applied:
+            raise SystemExit(f"--tune-malloc: {why}")
     torch.manual_seed(0)
     model = timm.create_model(args.model, num_classes=0).train()
     rings = {} if args.max_rings is None else {"max_rings": args.max_rings}
     model.configure_pair_pruning(SimWnWSettings(psnr_threshold=args.psnr_threshold, **rings))
     cfg = model.pretrained_cfg
-    if args.batches < 1:
-        raise SystemExit(f"--batches must be at least 1, got {args.batches}")
-    batches = [make_batch(args.source, args.batch, args.size, cfg["mean"], cfg["std"], seed=s)
-               for s in range(args.batches)]
+    batches = make_batches(args.source, args.batches, args.batch, args.size, cfg["mean"], cfg["std"])
     arms = [parse_arm(e) for e in args.executors.split(",") if e]
     if args.profile:
         return profile_steps(model, batches[0], parse_arm(args.profile)[1])

@@ -39,7 +39,7 @@ from simwnw_hf.models import resnet_pair
 from simwnw_hf.pruning.settings import SimWnWSettings
 
 from report_rows import append_rows  # noqa: E402  (benchmarks/ is the script directory)
-from simwnw_step import make_batch, simsiam_loss  # noqa: E402
+from simwnw_step import make_batches, simsiam_loss  # noqa: E402
 
 LAYER_OPS = ("conv", "bn_act", "add_act", "max_pool", "wax")
 EXECUTOR_OPS = {"reference": "_REFERENCE", "lean": "_LEAN", "fused": "_FUSED", "auto": "_AUTO"}
@@ -147,10 +147,7 @@ def main(argv=None):
     model = timm.create_model(args.model, num_classes=0).train()
     model.configure_pair_pruning(SimWnWSettings(executor=args.executor))
     cfg = model.pretrained_cfg
-    if args.batches < 1:
-        raise SystemExit(f"--batches must be at least 1, got {args.batches}")
-    batches = [make_batch(args.source, args.batch, args.size, cfg["mean"], cfg["std"], seed=s)
-               for s in range(args.batches)]
+    batches = make_batches(args.source, args.batches, args.batch, args.size, cfg["mean"], cfg["std"])
     dense, pair = breakdown(model, batches, args.executor, args.repeats, warmup=1 if args.batches > 1 else 2)
     label = (f"{args.model} {args.size}px b{args.batch}, {args.threads} thread{'s' if args.threads > 1 else ''}, "
              f"{args.executor}{'' if args.batches == 1 else f', {args.batches} batches'}")

@@ -7,7 +7,7 @@ kernel inside the convolution or kernel that first writes it. Measured in one pr
 Intel VM (ResNet-50, 224 px, batch 8, 2 threads, 4 batches cycled, 8 interleaved repeats,
 ``benchmarks/malloc_tuning.py``, ``benchmarks/results/simwnw_step.md`` run M): with glibc's defaults
 122-158 k faults and 0.32-0.45 s of system time per dense step, 136-208 k / 0.34-0.61 s per SimWnW
-step; tuned, none (0.01 s). Wall time: in one run the dense step went 4.93 -> 4.36 s and the SimWnW
+step; tuned, none (0.01 s). Wall time: in one run (a scratch predecessor of the same script) the dense step went 4.93 -> 4.36 s and the SimWnW
 step 5.57 -> 4.69 s, in a second run both stayed within the machine's noise (4.56 -> 4.67 s, 4.83 ->
 5.08 s). PyTorch's CPU launcher (``torch.backends.xeon.run_cpu``) treats the same cost by preloading
 tcmalloc or jemalloc where it finds one; here it is ``mallopt`` on the running process: no preload, no
