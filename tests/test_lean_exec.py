@@ -239,7 +239,7 @@ def test_lean_batch_norm_equals_reference(momentum, size, fused):
     assert float(grads[0][0][1].abs().sum()) > 0
 
 
-@pytest.mark.parametrize("producer", ["bn_train", "bn_eval", "bn_per_channel_mask", "residual"])
+@pytest.mark.parametrize("producer", ["bn_train", "bn_eval", "bn_per_channel_mask", "residual", "residual_in_place"])
 def test_in_place_zeroing_of_relu_outputs_equals_multiplying(producer):
     """``zero_relu_output_`` (in place, no graph node) gives the gradients of ``zero_by_mask``'s multiply,
     for every output the walker zeroes that way; and the value it zeroes is the one later ops read."""
@@ -254,7 +254,12 @@ def test_in_place_zeroing_of_relu_outputs_equals_multiplying(producer):
         torch.manual_seed(8)
         bn = nn.BatchNorm2d(4).double().train(producer != "bn_eval")
         xi, oi = x.clone().requires_grad_(True), other.clone().requires_grad_(True)
-        y = zeroable_relu(xi, oi) if producer == "residual" else lean_batch_norm(bn, xi, removed, relu=True)
+        if producer == "residual":
+            y = zeroable_relu(xi, oi)
+        elif producer == "residual_in_place":  # over a fresh non-leaf, as the walker's last BatchNorm output
+            y = zeroable_relu(xi * 1, oi, in_place=True)
+        else:
+            y = lean_batch_norm(bn, xi, removed, relu=True)
         z = zero_relu_output_(y, grown) if in_place else zero_by_mask(y, grown)
         ((z * 2) * weight).sum().backward()  # a later op that saves its input (mul) and reads z
         results.append((z.detach(), xi.grad, oi.grad, bn.weight.grad))
@@ -357,3 +362,4 @@ def test_wax_compact_keeps_masks_compact_exactly_when_channels_agree():
         assert (lean.removed1.shape[1] == 1) == agree1, name
         if name == "agree":
             assert lean.removed1.shape[1] == 1 and lean.removed2.shape[1] == 1
+

@@ -89,7 +89,8 @@ class _Ops:
     def add_act(self, act, hs, others, rs):
         """``act(h + o)`` per view (a block's residual)."""
         if self.zeroable(act):
-            return [zeroable_relu(h, o) for h, o in zip(hs, others)]
+            # h: the block's last lean BatchNorm output (saves its input, not h): summed in place
+            return [zeroable_relu(h, o, in_place=True) for h, o in zip(hs, others)]
         return self.act(act, [h + o for h, o in zip(hs, others)], rs)
 
     def act(self, act, hs, rs):

@@ -99,8 +99,14 @@ class _ZeroableRelu(torch.autograd.Function):
     saved variable, so that :func:`zero_relu_output_` may zero it in place."""
 
     @staticmethod
-    def forward(ctx, a, b):
-        y = a.relu() if b is None else torch.add(a, b).relu_()
+    def forward(ctx, a, b, in_place: bool):
+        if b is None:
+            y = a.relu()
+        elif in_place:  # the residual sum written over ``a``: no (B, C, H, W) allocation per block
+            ctx.mark_dirty(a)
+            y = a.add_(b).relu_()
+        else:
+            y = torch.add(a, b).relu_()
         ctx.out = y.detach()  # an alias: sees zero_relu_output_'s writes; no reference cycle
         ctx.two = b is not None
         return y
@@ -108,12 +114,19 @@ class _ZeroableRelu(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         g = torch.ops.aten.threshold_backward(gy, ctx.out, 0)
-        return g, (g if ctx.two else None)
+        return g, (g if ctx.two else None), None
 
 
-def zeroable_relu(a: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``relu(a + b)`` (a lean block's residual) or ``relu(a)``, zeroable by :func:`zero_relu_output_`."""
-    return _ZeroableRelu.apply(a, b)
+def zeroable_relu(a: torch.Tensor, b: Optional[torch.Tensor] = None, in_place: bool = False) -> torch.Tensor:
+    """``relu(a + b)`` (a lean block's residual) or ``relu(a)``, zeroable by :func:`zero_relu_output_`.
+
+    ``in_place``: write ``relu(a + b)`` over ``a``, for a caller that knows ``a`` is a fresh output
+    nothing else reads or saved for its backward (the block's last BatchNorm without ReLU:
+    ``_KeptBatchNorm`` saves its input, not its output). Autograd's version check still raises if
+    that is wrong. Saves the out-of-place add's allocation and pass (``aten::add`` +75 ms vs
+    ``add_`` -37 ms per step in the 224 px, 2-thread in-situ profile, ResNet-50, batch 8).
+    """
+    return _ZeroableRelu.apply(a, b, in_place and b is not None)
 
 
 def _kept_bn_forward_eager(x, weight, bias, keep, n, eps: float, relu: bool):
