@@ -40,3 +40,26 @@ def test_pool_is_rebuilt_in_a_forked_child():
     finally:
         torch.set_num_threads(before)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_shares_run_on_torchs_openmp_team_and_errors_reach_the_caller():
+    """Where torch runs on GNU OpenMP, share ``i`` is team member ``i`` (torch's workers, not a pool),
+    and an exception in any share is raised in the calling thread."""
+    omp = jit_threads._torch_gomp()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        if omp is not None:
+            assert jit_threads.run_split(lambda lo, hi: omp[1](), 6) == [0, 1]
+
+        def fail_second(lo, hi):
+            if lo > 0:
+                raise ValueError(f"share {lo}-{hi}")
+            return hi - lo
+        with pytest.raises(ValueError, match="share 3-6"):
+            jit_threads.run_split(fail_second, 6)
+        assert jit_threads.run_split(lambda lo, hi: hi - lo, 6) == [3, 3]  # nothing left behind
+    finally:
+        torch.set_num_threads(before)
+    if omp is None:
+        pytest.skip("torch does not run on GNU OpenMP here: the pool path was tested")
