@@ -13,7 +13,9 @@ from simwnw_hf.models.resnet import SimWnWResNet
 from simwnw_hf.models.resnet_pair import (fused_forward_features, lean_forward_features, masked_forward_features,
                                          select_executor)
 from simwnw_hf.simwnw.flops import trace_flops
-from simwnw_hf.simwnw.lean_exec import lean_batch_norm, wax_compact, zero_by_mask, zero_relu_output_, zeroable_relu
+from simwnw_hf.simwnw.lean_exec import (lean_batch_norm, wax_compact, zero_by_mask, zero_grown_relu_output_,
+                                        zero_relu_output_, zeroable_relu)
+from simwnw_hf.simwnw.wax_jit import zero_grown_
 from simwnw_hf.simwnw.masked_exec import MaskRecord, masked_batch_norm
 from simwnw_hf.simwnw.masks import block_correspondence, pair_expander, wax
 
@@ -363,3 +365,33 @@ def test_wax_compact_keeps_masks_compact_exactly_when_channels_agree():
         if name == "agree":
             assert lean.removed1.shape[1] == 1 and lean.removed2.shape[1] == 1
 
+
+
+@pytest.mark.parametrize("dtype,threads", [(torch.float32, 1), (torch.float32, 2), (torch.float64, 1)])
+def test_zeroing_grown_positions_equals_zeroing_the_whole_mask(dtype, threads):
+    """``zero_grown_relu_output_`` writes only where the mask grew (compiled for CPU float32, the
+    multiply otherwise); on a ReLU output already 0 at the old mask, its values and the gradients
+    through that ReLU equal ``zero_relu_output_``'s."""
+    torch.manual_seed(11)
+    before = torch.rand(5, 1, 6, 9) < 0.3
+    after = before | (torch.rand(5, 1, 6, 9) < 0.1)
+    x = torch.randn(5, 7, 6, 9, dtype=dtype).masked_fill(before, 0)
+    other = torch.randn(5, 7, 6, 9, dtype=dtype).masked_fill(before, 0)
+    weight = torch.arange(5 * 7 * 6 * 9, dtype=dtype).view(5, 7, 6, 9).sin()
+    results = []
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for grown_only in (False, True):
+            xi, oi = x.clone().requires_grad_(True), other.clone().requires_grad_(True)
+            y = zeroable_relu(xi * 1, oi, in_place=True)
+            z = zero_grown_relu_output_(y, before, after) if grown_only else zero_relu_output_(y, after)
+            assert z is y
+            ((z * 3) * weight).sum().backward()
+            results.append((z.detach(), xi.grad, oi.grad))
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    assert not results[1][0][after.expand(5, 7, 6, 9)].any() and results[1][0].abs().sum() > 0
+    assert zero_grown_(torch.zeros(2, 3, 4, 5, dtype=dtype), before[:2, :, :4, :5], after[:2, :, :4, :5]) == (dtype == torch.float32)

@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 from timm.models.resnet import BasicBlock, Bottleneck
 
-from simwnw_hf.simwnw.lean_exec import (lean_batch_norm, lean_conv2d, wax_compact, zero_by_mask, zero_relu_output_,
-                                        zeroable_relu)
+from simwnw_hf.simwnw.lean_exec import (lean_batch_norm, lean_conv2d, wax_compact, zero_by_mask,
+                                        zero_grown_relu_output_, zeroable_relu)
 from simwnw_hf.simwnw.skip_exec import default_cost_model
 from simwnw_hf.simwnw.masks import wane, wax
 from simwnw_hf.simwnw.masked_exec import (
@@ -119,8 +119,9 @@ class _Ops:
         trace.append(WaxRecord(name, overhead))
         trace.append(MaskRecord(f"{name}:waxed", new[0], new[1]))
         if self.lean:  # zero only where the mask grew (same tensor back: nothing was added)
-            zero = zero_relu_output_ if zeroable else zero_by_mask
-            return [h if n is r else zero(h, n) for h, r, n in zip(hs, rs, new)], list(new)
+            if zeroable:  # fresh lean ReLU outputs: already 0 at r, written at the grown positions only
+                return [h if n is r else zero_grown_relu_output_(h, r, n) for h, r, n in zip(hs, rs, new)], list(new)
+            return [h if n is r else zero_by_mask(h, n) for h, r, n in zip(hs, rs, new)], list(new)
         return [zero_removed(h, n) for h, n in zip(hs, new)], list(new)
 
 

@@ -41,10 +41,10 @@ from .masked_exec import masked_batch_norm
 from .masks import (PEAK_FLOPS, PSNR_PAIR_FLOPS, Correspondence, WaxResult, active_inputs, check_wax_inputs,
                     ring_distance, wax_peak)
 from .skip_exec import skip_conv1x1
-from .wax_jit import SpatialGrowth, inverse_peak, ring_errors_torch, spatial_wax
+from .wax_jit import SpatialGrowth, inverse_peak, ring_errors_torch, spatial_wax, zero_grown_
 
 __all__ = ["lean_conv2d", "lean_batch_norm", "zeroable_relu", "wax_compact", "wax_spatial_compact", "compact_mask",
-           "zero_by_mask", "zero_relu_output_"]
+           "zero_by_mask", "zero_grown_relu_output_", "zero_relu_output_"]
 
 
 def zero_by_mask(x: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
@@ -65,6 +65,18 @@ def zero_relu_output_(y: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
     """
     with torch.no_grad():
         y.mul_((~removed).to(y.dtype))
+    return y
+
+
+def zero_grown_relu_output_(y: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """:func:`zero_relu_output_` (``y``, ``after``) for a ``y`` already 0 wherever ``before`` removes.
+
+    The lean executor keeps removed activations at 0, so after waxing only the grown positions need
+    a write: ``wax_jit.zero_grown_`` writes them (compiled, split over torch's threads); where it
+    cannot run, the multiply by the keep map. Same values, so the same gradients.
+    """
+    if not zero_grown_(y, before, after):
+        zero_relu_output_(y, after)
     return y
 
 

@@ -30,7 +30,7 @@ import torch
 from .jit_threads import run_split
 from .masks import Correspondence
 
-__all__ = ["SpatialGrowth", "inverse_peak", "ring_errors_torch", "spatial_wax"]
+__all__ = ["SpatialGrowth", "inverse_peak", "ring_errors_torch", "spatial_wax", "zero_grown_"]
 
 _ERROR: Optional[str] = None
 try:  # a broken numba install must leave waxing working (the torch twin)
@@ -138,13 +138,30 @@ def _spatial_wax_py(a1, a2, inv, own_peak, nonneg, p1, p2, valid, owner, target,
         tested[b] = count
 
 
-_kernel = _row_max = _row_abs_max = None
+def _zero_grown_py(y, before, after, b0, b1):
+    """Zero ``y[b, :, q]`` (B, C, H*W) where ``after[b, q]`` and not ``before[b, q]``, images ``b0 <= b < b1``."""
+    hw = y.shape[2]
+    grown = np.empty(hw, np.int64)
+    for b in range(b0, b1):
+        n = 0
+        for q in range(hw):
+            if after[b, q] and not before[b, q]:
+                grown[n] = q
+                n += 1
+        for c in range(y.shape[1]):
+            row = y[b, c]
+            for r in range(n):
+                row[grown[r]] = 0.0
+
+
+_kernel = _row_max = _row_abs_max = _zero_grown = None
 if numba is not None:
     try:
         # nnan/nsz let LLVM vectorise the maximum (exact in any order; NaN maps are not decided alike anyway)
         _row_max = numba.njit(cache=True, nogil=True, fastmath={"nnan", "nsz"})(_row_max_py)
         _row_abs_max = numba.njit(cache=True, nogil=True, fastmath={"nnan", "nsz"})(_row_abs_max_py)
         _kernel = numba.njit(cache=True, nogil=True)(_spatial_wax_py)
+        _zero_grown = numba.njit(cache=True, nogil=True)(_zero_grown_py)
     except Exception as err:  # noqa: BLE001
         _ERROR = f"{type(err).__name__}: {err}"
 _WARNED = False
@@ -217,3 +234,23 @@ def spatial_wax(a1: torch.Tensor, a2: torch.Tensor, p1: torch.Tensor, p2: torch.
         _ERROR = _first_line(err)
         return spatial_wax(a1, a2, p1, p2, corr, hw, psnr_threshold, max_rings, inv, nonneg)
     return SpatialGrowth(grow1, grow2, int(tested.sum()))
+
+
+def zero_grown_(y: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> bool:
+    """Write 0 into ``y`` (B, C, H, W) at the positions ``after`` removes and ``before`` did not, in place.
+
+    ``before``/``after``: (B, 1, H, W) bool. For a ``y`` that is already 0 where ``before`` removed, this
+    is ``y.mul_(~after)`` (``lean_exec.zero_relu_output_``) without a full pass: waxing grows masks by a
+    thin band, and the multiply read and wrote every (channel, pixel) of both views at every waxing
+    point. Runs outside autograd (no version bump; for outputs kept as aliases by a ReLU's backward).
+    False (nothing written; the caller multiplies) where it cannot run: numba unavailable, not a
+    contiguous CPU float32 map, masks not (B, 1, H, W).
+    """
+    bsz, ch, h, w = y.shape
+    if (_zero_grown is None or _ERROR is not None or y.device.type != "cpu" or y.dtype != torch.float32
+            or not y.is_contiguous() or before.shape != (bsz, 1, h, w) or after.shape != (bsz, 1, h, w)):
+        return False
+    args = (y.detach().view(bsz, ch, h * w).numpy(), before.reshape(bsz, h * w).contiguous().numpy(),
+            after.reshape(bsz, h * w).contiguous().numpy())
+    run_split(lambda b0, b1: _zero_grown(*args, b0, b1), bsz)
+    return True
