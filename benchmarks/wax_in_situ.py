@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from collections import defaultdict
 
 import timm
 import torch
@@ -30,8 +28,8 @@ from simwnw_hf.pruning.settings import SimWnWSettings
 from simwnw_hf.simwnw import jit_threads, wax_jit
 from simwnw_hf.train.allocator import tune_malloc
 
-from simwnw_step import make_batches, simsiam_loss  # noqa: E402  (benchmarks/ is the script directory)
-from step_breakdown import timed_layer_ops  # noqa: E402
+from simwnw_step import make_batches  # noqa: E402  (benchmarks/ is the script directory)
+from step_breakdown import pair_parts  # noqa: E402
 
 
 def _variants(compare: str) -> dict:
@@ -47,19 +45,6 @@ def _variants(compare: str) -> dict:
         raise SystemExit("numba is unavailable here: only the multiply exists, nothing to compare")
     return {"grown positions only": lambda: setattr(wax_jit, "_zero_grown", kernel),
             "multiply by keep map": lambda: setattr(wax_jit, "_zero_grown", None)}
-
-
-def timed_step(model, x1, x2, g1, g2) -> tuple[float, float]:
-    """(step seconds, seconds in the executor's ``wax``) of one pair step."""
-    ops: dict = defaultdict(float)
-    model.zero_grad(set_to_none=True)
-    t0 = time.perf_counter()
-    with timed_layer_ops("fused", ops):
-        plan = model.plan_pair(x1, x2, g1, g2)
-        f1, f2, _ = model.forward_pair(x1, x2, plan)
-        loss = simsiam_loss(f1, f2)
-    loss.backward()
-    return time.perf_counter() - t0, ops["wax"]
 
 
 def main(argv=None):
@@ -86,10 +71,10 @@ def main(argv=None):
         for name, switch in variants.items():
             switch()
             for batch in batches:
-                step, wax = timed_step(model, *batch)
+                parts = pair_parts(model, *batch, "fused")  # step and per-operation wall times
                 if rnd:  # round 0 warms up (compiles) every variant
-                    times[name][0].append(step)
-                    times[name][1].append(wax)
+                    times[name][0].append(parts["step"])
+                    times[name][1].append(parts["forward: wax"])
     next(iter(variants.values()))()  # leave the default on
 
     def cell(v):

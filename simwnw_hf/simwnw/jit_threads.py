@@ -10,10 +10,9 @@ Where the shares run: on torch's own OpenMP team where torch uses GNU OpenMP (``
 ``torch/lib``, the Linux wheels), by calling ``GOMP_parallel`` with a ctypes callback; else on a small
 Python thread pool. Why not always the pool: after every parallel op torch's OpenMP workers spin for
 a while on their core before sleeping, and a pool thread scheduled there shares the core with a
-spinning worker. Replaying the 64 waxing calls of two ResNet-50 224 px b8 batches at 2 threads with a
-torch op before each call (as in a step), the pool gave 94 ms per step (81-99), one thread 97 ms
-(85-99), torch's team 60 ms (57-69) (scratch replay of ``wax_jit._kernel`` on captured inputs,
-5 rounds, Intel 2-vCPU VM, 2026-12-03). In a forked child (a DataLoader worker) the parent's OpenMP
+spinning worker: inside real ResNet-50 224 px b8 steps at 2 threads, waxing took 140 ms per step on the
+pool and 110 ms on torch's team (``benchmarks/wax_in_situ.py --compare split``, run N of
+``benchmarks/results/simwnw_step.md``). In a forked child (a DataLoader worker) the parent's OpenMP
 team does not exist and GNU OpenMP is not fork-safe, so a child always uses the pool.
 """
 
@@ -34,7 +33,7 @@ T = TypeVar("T")
 _POOL: Optional[tuple] = None   # (pid, executor): threads do not survive fork, so one pool per process
 _IMPORT_PID = os.getpid()
 _JOBS: dict = {}  # key -> (call, bounds, results): what each OpenMP team member runs
-_KEYS = itertools.count(1)
+_KEYS = itertools.count(1)  # from 1: a c_void_p of 0 reaches the callback as None
 _LOCK = threading.Lock()
 _OMP: Optional[tuple] = None  # (GOMP_parallel, omp_get_thread_num, callback) once loaded
 _OMP_TRIED = False
