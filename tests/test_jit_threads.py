@@ -63,3 +63,46 @@ def test_shares_run_on_torchs_openmp_team_and_errors_reach_the_caller():
         torch.set_num_threads(before)
     if omp is None:
         pytest.skip("torch does not run on GNU OpenMP here: the pool path was tested")
+
+
+def _nested_shares() -> list:
+    """``run_split`` over 2 shares at 2 threads, each share calling ``run_split`` over 4 itself:
+    [(outer share's thread, [(lo, hi, thread) of its nested shares])]."""
+    def inner(lo, hi):
+        return lo, hi, threading.get_ident()
+
+    def outer(lo, hi):
+        return threading.get_ident(), jit_threads.run_split(inner, 4)
+    return jit_threads.run_split(outer, 2)
+
+
+def _check_nested(out: list, all_stay: bool) -> None:
+    for i, (outer_thread, shares) in enumerate(out):
+        assert [(lo, hi) for lo, hi, _ in shares] == [(0, 2), (2, 4)]
+        if all_stay or i > 0:  # in a team member or a pool thread: no other thread is asked
+            assert {t for _, _, t in shares} == {outer_thread}
+
+
+def test_a_share_may_call_run_split_itself():
+    """A nested call gets every share back. On OpenMP the nested region has one thread and the caller
+    runs the shares the runtime did not (``_run_omp``'s fallback). On the pool (a forked child, as a
+    DataLoader worker) the pool thread runs them itself: waiting on its own pool would hang, which
+    the child's alarm turns into a failure."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        if jit_threads._torch_gomp() is not None:
+            _check_nested(_nested_shares(), all_stay=True)
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(30)
+            try:
+                _check_nested(_nested_shares(), all_stay=False)
+                code = 0
+            except BaseException:  # noqa: BLE001  (reported through the exit code)
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        torch.set_num_threads(before)
+    assert os.waitstatus_to_exitcode(status) == 0

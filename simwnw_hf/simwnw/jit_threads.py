@@ -31,6 +31,7 @@ __all__ = ["run_split"]
 
 T = TypeVar("T")
 _POOL: Optional[tuple] = None   # (pid, executor): threads do not survive fork, so one pool per process
+_POOL_PREFIX = "simwnw-jit"
 _IMPORT_PID = os.getpid()
 _JOBS: dict = {}  # key -> (call, bounds, results): what each OpenMP team member runs
 _KEYS = itertools.count(1)  # from 1: a c_void_p of 0 reaches the callback as None
@@ -97,7 +98,8 @@ def run_split(call: Callable[[int, int], T], total: int) -> list[T]:
     ``min(torch.get_num_threads(), total)`` shares; this thread runs the first (no extra runnable thread
     beside torch's own), torch's OpenMP workers or a small pool the rest (module docstring). Results
     are in share order. ``call`` must release the GIL (``numba.njit(nogil=True)``) for the shares to
-    overlap.
+    overlap. A ``call`` may itself call ``run_split``: OpenMP gives a nested region one thread, and a
+    pool thread runs the nested shares itself (waiting on its own pool would never end).
     """
     global _POOL
     threads = min(torch.get_num_threads(), total)
@@ -107,8 +109,10 @@ def run_split(call: Callable[[int, int], T], total: int) -> list[T]:
     omp = _torch_gomp() if os.getpid() == _IMPORT_PID else None
     if omp is not None:
         return _run_omp(omp, call, bounds)
+    if threading.current_thread().name.startswith(_POOL_PREFIX):
+        return [call(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
     if _POOL is None or _POOL[0] != os.getpid() or _POOL[1]._max_workers < threads - 1:
-        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="simwnw-jit"))
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix=_POOL_PREFIX))
     jobs = [_POOL[1].submit(call, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
     first = call(bounds[0], bounds[1])
     return [first, *(job.result() for job in jobs)]
