@@ -11,7 +11,8 @@ Every round runs three SimSiam trainings back to back, in a rotating order, all 
 
 From each run's ``metrics.jsonl`` (``--log-every 1``) we take the steps after the first ``--warmup``:
 the step wall time (``train_time_s``) and the time spent waiting for batches between them
-(``data_wait_s``), per step; ``summary.json`` gives the matching CPU seconds spent in the workers
+(``data_wait_s``), per step, and the part of the step spent making the plan (``plan_time_s``: the
+matching's wall time in the ``step`` arm, 0 in the others); ``summary.json`` gives the matching CPU seconds spent in the workers
 (``loader_match_cpu_s``). Each round gives the ratio of each arm to the dense run of the same round
 (neighbours in time, so drift on a shared machine cancels); we report the median and min-max over
 rounds. The matching FLOPs are the same in both SimWnW arms (same plan, bit for bit: tests/test_loader_plan.py).
@@ -61,12 +62,14 @@ def run_arm(args, arm: str, out: Path) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     return {"step_s": (last["train_time_s"] - first["train_time_s"]) / steps,
             "wait_s": (last["data_wait_s"] - first["data_wait_s"]) / steps,
+            # None for runs of code from before the trainer recorded plan_time_s
+            "plan_s": (last["plan_time_s"] - first["plan_time_s"]) / steps if "plan_time_s" in last else None,
             "match_cpu_s": (summary["loader_match_cpu_s"] or 0.0) / args.steps,
             "flops_saving_pct": summary["flops_saving_pct"]}
 
 
-def _spread(values) -> str:
-    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+def _spread(values, fmt: str = ".3f", unit: str = "") -> str:
+    return f"{statistics.median(values):{fmt}}{unit} ({min(values):{fmt}}-{max(values):{fmt}})"
 
 
 ROUND_LINE = re.compile(r"^round (\d+) (\w+): (\{.*\})$")
@@ -92,18 +95,24 @@ def read_logs(paths) -> dict:
 
 
 def table(results: dict, label: str, threads: int, workers: int) -> list:
-    """Markdown rows: per arm, step wall and its ratio to the same round's dense run, data wait, matching CPU."""
+    """Markdown rows: per arm, step wall and its ratio to the same round's dense run, data wait, matching
+    wall in the step (also as a share of the same round's dense step) and matching CPU in the workers."""
     dense = results["dense"]
     rows = ["| run | threads + workers | arm | step wall (s) | step ratio to dense | (step + data wait) ratio | "
-            "data wait per step (ms) | worker matching CPU per step (s) | FLOPs saved |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "data wait per step (ms) | matching wall in the step, per step (ms) | ... / dense step | "
+            "worker matching CPU per step (s) | FLOPs saved |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm in ARMS:
         got = results[arm]
         step = [g["step_s"] / d["step_s"] for g, d in zip(got, dense)]
         total = [(g["step_s"] + g["wait_s"]) / (d["step_s"] + d["wait_s"]) for g, d in zip(got, dense)]
         wait = [1e3 * g["wait_s"] for g in got]
+        timed = all(g.get("plan_s") is not None for g in got)   # older logs have no plan time
+        plan = [1e3 * g["plan_s"] for g in got] if timed else None
+        share = [100 * g["plan_s"] / d["step_s"] for g, d in zip(got, dense)] if timed else None
         rows.append(f"| {label} | {threads} + {workers} | {arm} | {_spread([g['step_s'] for g in got])} | "
                     f"**{_spread(step)}** | {_spread(total)} | {statistics.median(wait):.1f} ({min(wait):.1f}-{max(wait):.1f}) | "
+                    f"{_spread(plan, '.1f') if timed else 'n/a'} | {_spread(share, '.2f', '%') if timed else 'n/a'} | "
                     f"{statistics.median(g['match_cpu_s'] for g in got):.3f} | "
                     f"{statistics.median(g['flops_saving_pct'] for g in got):.1f}% |")
     per_round = [lo["step_s"] / st["step_s"] for lo, st in zip(results["loader"], results["step"])]

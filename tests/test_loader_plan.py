@@ -43,10 +43,16 @@ def test_plans_made_in_loader_workers_train_exactly_as_plans_made_in_the_step(tm
     assert step_summary["replica_checksums"] == loader_summary["replica_checksums"]
     assert step_summary["loader_match_cpu_s"] == 0 < loader_summary["loader_match_cpu_s"]
     assert loader_summary["data_wait_s"] >= 0
+    # the matching's wall time is on the steps that made the plans, and only on them
+    assert 0 < step_summary["plan_time_s"] < step_summary["wall_time_s"] and loader_summary["plan_time_s"] == 0
+    plan_times = [line["plan_time_s"] for line in step_lines]
+    assert all(0 < a < b for a, b in zip(plan_times, plan_times[1:])), plan_times   # cumulative, every step adds
+    assert plan_times[-1] == step_summary["plan_time_s"] and {line["plan_time_s"] for line in loader_lines} == {0}
     from simwnw_hf.train.report import run_report
 
     assert "block matching ran in the DataLoader workers" in run_report(loader_summary, tmp_path / "loader")
-    assert "DataLoader workers" not in run_report(step_summary, tmp_path / "step")
+    step_report = run_report(step_summary, tmp_path / "step")
+    assert "DataLoader workers" not in step_report and "matching the views" in step_report
 
 
 def test_auto_matches_in_the_loader_only_with_workers():
@@ -93,6 +99,7 @@ def test_a_loader_plan_equals_the_step_plan_and_is_used_as_it_is():
     g1, g2 = batch["geometry"]
     fresh = plan_pair(model, x1, x2, g1, g2)
     assert plan_pair(model, x1, x2, g1, g2, made=made) is made.plan
+    assert made.plan.seconds == 0 < fresh.seconds    # a loader plan cost the step no time (LoaderPlan.seconds is the worker's)
     for name in ("match_yx", "psnr", "similar", "mask1", "mask2"):
         assert torch.equal(getattr(made.plan.match, name), getattr(fresh.match, name)), name
     assert made.plan.settings == fresh.settings and made.plan.overhead_flops == fresh.overhead_flops

@@ -76,6 +76,7 @@ def test_forward_pair_shapes_stats_and_gradients():
     assert plan.method == "simwnw" and plan.match.block_size == 5 and plan.pairs == 2
     assert plan.settings == SimWnWSettings(block_size=5, search_window=10, max_rings=1)
     assert plan.overhead_flops == plan.match.overhead_flops > 0 and plan_stats(plan).overhead_flops == plan.overhead_flops
+    assert plan.seconds > 0 and plan_stats(plan).plan_seconds == plan.seconds   # made here: the step paid its time
     f1, f2, stats = encode_pair(model, x1, x2, plan)
     assert f1.shape == f2.shape == (2, 32) and isinstance(stats, PairStats)
     assert stats.pairs == 2.0

@@ -31,6 +31,9 @@ class PairStats:
         dense vs as run (dual gate: the gated view; CDG: both branches); 0 for the other methods.
     activation_bytes_dense / activation_bytes_kept: bytes the method's layers save for backward, dense
         vs as run (Back Razor's convs: kept values + a 1-bit mask); 0 for the other methods.
+    plan_seconds: wall seconds the step spent making its plan (block/patch matching); 0 when the
+        DataLoader made it (``--match-in loader``) or nothing was planned. The FLOPs say what matching
+        costs in work; this says what it cost the step in time.
     """
 
     pairs: float = 0.0
@@ -44,6 +47,7 @@ class PairStats:
     forward_pruned_flops: float = 0.0
     activation_bytes_dense: float = 0.0
     activation_bytes_kept: float = 0.0
+    plan_seconds: float = 0.0
 
     def __add__(self, other: "PairStats") -> "PairStats":
         if not isinstance(other, PairStats):
@@ -114,6 +118,8 @@ class PairPlan:
     overhead_flops: work of making the plan (matching); the framework counts it once per step, however
         many encoders (online, momentum) run the plan.
     pairs: number of image pairs the plan is for.
+    seconds: wall seconds the training step spent making it (set by :func:`simwnw_hf.ssl.pair.plan_pair`);
+        0 for a plan the DataLoader made, whose cost is the worker's (``LoaderPlan.seconds``), not the step's.
     """
 
     method: str
@@ -121,6 +127,7 @@ class PairPlan:
     match: Optional[Any]
     overhead_flops: float
     pairs: int
+    seconds: float = 0.0
 
     @property
     def in_network(self) -> bool:
@@ -129,4 +136,4 @@ class PairPlan:
     @property
     def stats(self) -> PairStats:
         """The plan's own cost, to be added once to the stats of the step."""
-        return PairStats(overhead_flops=float(self.overhead_flops))
+        return PairStats(overhead_flops=float(self.overhead_flops), plan_seconds=float(self.seconds))

@@ -28,6 +28,8 @@ pre_logits=True)`` on both the dense and the pair path, whatever ``num_classes``
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from typing import Optional, Tuple
 
 import torch
@@ -61,11 +63,15 @@ def plan_pair(encoder: nn.Module, x1: torch.Tensor, x2: torch.Tensor, g1: Geomet
     ``made``: the plan the DataLoader already made for this batch (``loader_plan(batch)``,
     :mod:`simwnw_hf.ssl.loader_plan`); used instead of matching again when it was made by a planner
     equal to the encoder's (same settings and normalisation) for this many pairs, refused otherwise.
+    A plan made here records the wall time its making took (``PairPlan.seconds``, in the step's stats as
+    ``plan_seconds``); one from the DataLoader keeps 0, since it cost the step nothing.
     """
     if not (prune and supports_pair_pruning(encoder)):
         return None
     if made is None:
-        return encoder.plan_pair(x1, x2, g1, g2)
+        started = time.perf_counter()
+        plan = encoder.plan_pair(x1, x2, g1, g2)
+        return dataclasses.replace(plan, seconds=time.perf_counter() - started)
     planner = pair_planner(encoder)
     if made.planner != planner:
         raise ValueError(f"the batch's pair plan was made by {made.planner!r}, but this encoder plans with "

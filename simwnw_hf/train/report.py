@@ -72,6 +72,9 @@ def run_report(summary: dict, output_dir, total_s: Optional[float] = None, skipp
     if summary.get("loader_match_cpu_s"):  # the matching moved off the steps: say where its cost went
         wall += (f" (block matching ran in the DataLoader workers: {format_seconds(summary['loader_match_cpu_s'])} "
                  f"CPU; steps waited {format_seconds(summary.get('data_wait_s'))} for data)")
+    elif method == "simwnw" and summary.get("plan_time_s") and summary.get("wall_time_s"):  # matching in the steps
+        wall += (f" (matching the views {format_seconds(summary['plan_time_s'])} of it, "
+                 f"{100 * summary['plan_time_s'] / summary['wall_time_s']:.1f}%)")
     if total_s is not None:
         wall += f", whole run {format_seconds(total_s)} (data, checkpoints, evaluation included)"
     lines.append(wall + f"; files in {output_dir}")

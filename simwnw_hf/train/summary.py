@@ -15,7 +15,7 @@ GATING_RATIOS = ("sparsity", "forward_flops_ratio", "activation_saved_fraction")
 
 COUNTER_KEYS = ("train_flops", "dense_flops", "overhead_flops", "wall_time_s", "cpu_time_s", "removal_ratio_sum",
                 "kept_token_ratio_sum", "pruned_steps", "skipped_images", "sparsity_sum", "forward_flops_ratio_sum",
-                "activation_saved_fraction_sum", "loader_match_s", "data_wait_s")
+                "activation_saved_fraction_sum", "loader_match_s", "data_wait_s", "plan_time_s")
 """Cumulative, resumable counters of a run (``trainer_state.json["counters"]``)."""
 
 
@@ -55,6 +55,9 @@ def cost_summary(counters: Mapping[str, float], pruning: Mapping, num_processes:
         # wall time spent waiting for the next batch between steps (mean over processes): 0 when the
         # workers keep up, so the matching they do costs the run no time
         "data_wait_s": counters["data_wait_s"] / num_processes if counters.get("data_wait_s") is not None else None,
+        # wall time the training steps spent making their pruning plans (block/patch matching), mean over
+        # processes; part of wall_time_s, 0 when the DataLoader made the plans
+        "plan_time_s": counters["plan_time_s"] / num_processes if counters.get("plan_time_s") is not None else None,
         **{f"mean_{name}": (counters.get(f"{name}_sum", 0.0) / pruned if pruned and name in ratios else None)
            for name in GATING_RATIOS},
     }

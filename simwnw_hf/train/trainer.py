@@ -387,6 +387,7 @@ def account_step(run: Run, loss: torch.Tensor, stats: PairStats, n_images: int, 
     counters.add("dense_flops", dense)
     counters.add("overhead_flops", stats.overhead_flops)
     counters.add("wall_time_s", elapsed)
+    counters.add("plan_time_s", stats.plan_seconds)
     if stats.pruned:
         counters.add("pruned_steps", 1)
         counters.add("removal_ratio_sum", stats.removal_ratio)
@@ -428,7 +429,9 @@ def log_record(run: Run, epoch: int) -> dict:
               # accuracy-vs-time curves; data loading between steps is not in it, as in summary.json
               "train_time_s": run.counters["wall_time_s"], "train_cpu_s": run.counters["cpu_time_s"],
               # cumulative wall time spent waiting for batches between those steps (0 when the workers keep up)
-              "data_wait_s": run.counters["data_wait_s"]}
+              "data_wait_s": run.counters["data_wait_s"],
+              # cumulative wall time the steps spent making pruning plans (matching; in train_time_s)
+              "plan_time_s": run.counters["plan_time_s"]}
     ratios = reported_ratios(run.pruning)
     if ratios:
         means = torch.tensor([getattr(w.stats, name) for name in ratios], dtype=torch.float64, device=acc.device)
