@@ -12,8 +12,8 @@ Every round runs three SimSiam trainings back to back, in a rotating order, all 
 From each run's ``metrics.jsonl`` (``--log-every 1``) we take the steps after the first ``--warmup``:
 the step wall time (``train_time_s``) and the time spent waiting for batches between them
 (``data_wait_s``), per step, and the part of the step spent making the plan (``plan_time_s``: the
-matching's wall time in the ``step`` arm, 0 in the others); ``summary.json`` gives the matching CPU seconds spent in the workers
-(``loader_match_cpu_s``). Each round gives the ratio of each arm to the dense run of the same round
+matching's wall time in the ``step`` arm, 0 in the others); ``summary.json`` gives the matching CPU
+seconds spent in the workers (``loader_match_cpu_s``). Each round gives the ratio of each arm to the dense run of the same round
 (neighbours in time, so drift on a shared machine cancels); we report the median and min-max over
 rounds. The matching FLOPs are the same in both SimWnW arms (same plan, bit for bit: tests/test_loader_plan.py).
 
@@ -111,7 +111,7 @@ def table(results: dict, label: str, threads: int, workers: int) -> list:
         plan = [1e3 * g["plan_s"] for g in got] if timed else None
         share = [100 * g["plan_s"] / d["step_s"] for g, d in zip(got, dense)] if timed else None
         rows.append(f"| {label} | {threads} + {workers} | {arm} | {_spread([g['step_s'] for g in got])} | "
-                    f"**{_spread(step)}** | {_spread(total)} | {statistics.median(wait):.1f} ({min(wait):.1f}-{max(wait):.1f}) | "
+                    f"**{_spread(step)}** | {_spread(total)} | {_spread(wait, '.1f')} | "
                     f"{_spread(plan, '.1f') if timed else 'n/a'} | {_spread(share, '.2f', '%') if timed else 'n/a'} | "
                     f"{statistics.median(g['match_cpu_s'] for g in got):.3f} | "
                     f"{statistics.median(g['flops_saving_pct'] for g in got):.1f}% |")
