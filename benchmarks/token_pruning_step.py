@@ -34,6 +34,7 @@ from simwnw_hf.data.datasets import load_image_dataset
 from simwnw_hf.data.views import TwoViewTransform
 from simwnw_hf.pruning import TokenPruningSettings
 from simwnw_hf.ssl.pair import encode_pair, plan_pair, plan_stats
+from simwnw_hf.train.allocator import tune_malloc
 
 
 def load_batch(model, dataset: str, batch_size: int, image_size: int, seed: int):
@@ -47,6 +48,15 @@ def load_batch(model, dataset: str, batch_size: int, image_size: int, seed: int)
     return batch["views"][0], batch["views"][1], batch["geometry"][0], batch["geometry"][1]
 
 
+def token_groups(text: str):
+    """``--token-groups``: 'auto' or a positive integer (argparse prints one line otherwise)."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got '{text}'")
+    return int(text)
+
+
 def make_modes(args):
     """name -> TokenPruningSettings (None: the trainer's dense step)."""
     layers = tuple(args.prune_layers)
@@ -55,6 +65,8 @@ def make_modes(args):
         "dense": None,
         "simwnw": simwnw,
         "simwnw_1group": TokenPruningSettings("simwnw", psnr_threshold=args.psnr_threshold, token_groups=1),
+        # the default before token_groups="auto" (split_by_cost): 4 equal chunks per view
+        "simwnw_4groups": TokenPruningSettings("simwnw", psnr_threshold=args.psnr_threshold, token_groups=4),
         "simprune": TokenPruningSettings("simprune", prune_layers=layers, keep_rate=args.keep_rate),
         "evit": TokenPruningSettings("evit", prune_layers=layers, keep_rate=args.keep_rate),
         "simwnw_matching_only": ("match", simwnw),   # the plan (PSNR patch matching) of a simwnw step, alone
@@ -92,15 +104,22 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--psnr-threshold", type=float, default=20.0)
-    parser.add_argument("--token-groups", type=int, default=4)
+    parser.add_argument("--token-groups", type=token_groups, default="auto",
+                        help="SimWnW token removal: 'auto' (chunks of least estimated cost) or a number of equal chunks")
     parser.add_argument("--keep-rate", type=float, default=0.8)
     parser.add_argument("--prune-layers", type=int, nargs="+", default=[4, 7, 10])
     parser.add_argument("--progress", type=float, default=0.5, help="SimPrune schedule position")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tune-malloc", action="store_true",
+                        help="glibc malloc as the training scripts set it (simwnw_hf/train/allocator.py), for every mode")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    if args.tune_malloc:
+        applied, why = tune_malloc()
+        if not applied:
+            raise SystemExit(f"--tune-malloc: {why}")
     torch.manual_seed(args.seed)
     model = timm.create_model(args.model, num_classes=0).train()
     model.set_progress(args.progress)
@@ -130,7 +149,8 @@ def main():
         f"--batch-size {args.batch_size} "
         f"--image-size {args.image_size} --rounds {args.rounds} --threads {args.threads} "
         f"--psnr-threshold {args.psnr_threshold} --token-groups {args.token_groups} --keep-rate {args.keep_rate} "
-        f"--prune-layers {' '.join(map(str, args.prune_layers))} --progress {args.progress}`",
+        f"--prune-layers {' '.join(map(str, args.prune_layers))} --progress {args.progress}"
+        f"{' --tune-malloc' if args.tune_malloc else ''}`",
         "",
         f"CPU, {args.threads} threads (shared machine), torch {torch.__version__}, timm {timm.__version__}. "
         f"Median of {args.rounds} interleaved rounds after {args.warmup} warm-up; one step = forward of both views + "

@@ -145,3 +145,19 @@ def test_simwnw_run_from_before_the_waxing_fields_resumes_only_as_it_ran(tmp_pat
     check_resume_config(path, {**current, "wax_decision": "channel"})
     path.write_text(json.dumps({**old, "simwnw": False}))
     check_resume_config(path, {**current, "simwnw": False})
+
+
+def test_simwnw_token_run_from_before_token_groups_resumes_only_as_it_ran(tmp_path):
+    """Before --token-groups existed SimWnW token removal split each view into 4 chunks: such a run resumes
+    with --token-groups 4, not silently under today's auto default; other runs ignore the field."""
+    from simwnw_hf.train.run_files import check_resume_config
+
+    current = {**TrainConfig(token_pruning="simwnw").__dict__}
+    old = {k: v for k, v in current.items() if k != "token_groups"}
+    path = tmp_path / "run_config.json"
+    path.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"token_groups='4' \(now 'auto'\)"):
+        check_resume_config(path, current)
+    check_resume_config(path, {**current, "token_groups": "4"})
+    path.write_text(json.dumps({**old, "token_pruning": "evit"}))
+    check_resume_config(path, {**current, "token_pruning": "evit"})

@@ -19,6 +19,10 @@ from simwnw_hf.train.config import TrainConfig
     (lambda: TokenPruningSettings("evit", keep_rate=1.5), "keep_rate"),
     (lambda: TokenPruningSettings("simprune", prune_layers=()), "prune_layers"),
     (lambda: TokenPruningSettings("simwnw", token_groups=0), "token_groups"),
+    (lambda: TokenPruningSettings("simwnw", token_groups="four"), "token_groups must be 'auto' or a positive"),
+    (lambda: TokenPruningSettings("simwnw", token_groups=True), "token_groups must be 'auto' or a positive"),
+    (lambda: TokenPruningSettings("simwnw", group_call_tokens=-1.0), "group_call_tokens must be >= 0"),
+    (lambda: TrainConfig(token_pruning="simwnw", token_groups="0"), "--token-groups must be 'auto' or a positive"),
     (lambda: TokenPruningSettings("simwnw", search_method="grid"), "search_method"),
 ])
 def test_bad_settings_fail_with_one_line(make, message):
@@ -37,6 +41,8 @@ def test_resolution_fills_the_values_a_run_uses():
     assert cfg.pruning == SimWnWSettings(block_size=5, search_window=10, max_rings=1)
     assert TrainConfig(token_pruning="simprune", prune_layers=(3, 1)).pruning.prune_layers == (1, 3)
     assert TrainConfig().pruning is None and TrainConfig().pruning_method is None
+    assert TrainConfig(token_pruning="simwnw").pruning.token_groups == "auto"
+    assert TrainConfig(token_pruning="simwnw", token_groups="3").pruning.token_groups == 3
     spatial = TrainConfig(simwnw=True, wax_decision="spatial", wax_peak="map", simwnw_executor="auto").pruning
     assert (spatial.wax_decision, spatial.wax_peak, spatial.executor) == ("spatial", "map", "auto")
 
@@ -51,6 +57,8 @@ def test_waxing_choices_are_the_mechanism_choices():
 @pytest.mark.parametrize("settings, ratios", [
     (SimWnWSettings().resolve(32), ("removal_ratio",)),
     (TokenPruningSettings("simwnw").resolve(8), ("removal_ratio", "kept_token_ratio")),
+    (TokenPruningSettings("simwnw", token_groups=3, group_call_tokens=5).resolve(8),
+     ("removal_ratio", "kept_token_ratio")),
     (TokenPruningSettings("simprune"), ("kept_token_ratio",)),
     (TokenPruningSettings("evit"), ("kept_token_ratio",)),
 ])

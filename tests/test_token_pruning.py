@@ -16,7 +16,7 @@ from simwnw_hf.tokens import flop_counter
 from simwnw_hf.tokens.evit import class_attention, evit_reorganize
 from simwnw_hf.tokens.gather import keep_tokens
 from simwnw_hf.tokens.simprune import difficulty_offset, match_pairs, prune_count, simprune_select
-from simwnw_hf.tokens.simwnw import keep_least_similar, match_tokens, split_by_need, token_scores
+from simwnw_hf.tokens.simwnw import keep_least_similar, match_tokens, split_by_cost, split_by_need, token_scores
 
 TINY = dict(img_size=32, patch_size=8, depth=4, embed_dim=64, num_heads=2)
 PATCH = 8
@@ -130,6 +130,70 @@ def test_split_by_need_groups_samples_of_similar_length():
     assert [c.tolist() for c in split_by_need(similar, 9)] == [[3], [0], [4], [2], [1]]
     with pytest.raises(ValueError, match="groups"):
         split_by_need(similar, 0)
+
+
+def _set_partitions(items):
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in _set_partitions(rest):
+        yield [[first]] + part
+        for i in range(len(part)):
+            yield part[:i] + [[first] + part[i]] + part[i + 1:]
+
+
+@pytest.mark.parametrize("needs, call_tokens", [
+    ([3, 10, 7, 1, 5, 5], 0.0), ([3, 10, 7, 1, 5, 5], 2.5), ([3, 10, 7, 1, 5, 5], 6.0),
+    ([9, 9, 0, 2, 8, 1, 4], 3.0), ([4, 4, 4], 1.0), ([10, 1, 1, 1, 1, 1, 1], 7.0),
+])
+def test_split_by_cost_is_the_cheapest_partition_of_all(needs, call_tokens):
+    """The DP's chunks cost what the best of *all* set partitions (brute force, not only contiguous cuts of the
+    sorted samples) costs, cover every sample once, and hold samples of adjacent need."""
+    n, prefix = 10, 1
+    similar = torch.ones(len(needs), n, dtype=torch.bool)
+    for b, need in enumerate(needs):
+        similar[b, :need] = False
+    width = lambda b: prefix + max(needs[b], 1)  # noqa: E731  (min_keep = 1)
+    cost = lambda part: sum(len(c) * max(width(b) for b in c) + call_tokens for c in part)  # noqa: E731
+    best = min(cost(p) for p in _set_partitions(list(range(len(needs)))))
+    chunks = [c.tolist() for c in split_by_cost(similar, call_tokens, prefix)]
+    assert sorted(b for c in chunks for b in c) == list(range(len(needs)))
+    assert cost(chunks) == pytest.approx(best)
+    for lo, hi in zip(chunks[:-1], chunks[1:]):
+        assert max(width(b) for b in lo) <= min(width(b) for b in hi)
+
+
+def test_split_by_cost_extremes_and_ties():
+    similar = torch.zeros(5, 10, dtype=torch.bool)
+    for b, count in enumerate([7, 0, 3, 9, 7]):          # needs: 3, 10, 7, 1, 3
+        similar[b, :count] = True
+    assert [c.tolist() for c in split_by_cost(similar, 0.0)] == [[3], [0, 4], [2], [1]]   # no fill token
+    assert [c.tolist() for c in split_by_cost(similar, 1e9)] == [[3, 0, 4, 2, 1]]          # one call
+    same = torch.zeros(4, 6, dtype=torch.bool)
+    assert [c.tolist() for c in split_by_cost(same, 0.0)] == [[0, 1, 2, 3]]   # a tie keeps the larger chunk
+    assert split_by_cost(torch.zeros(0, 6, dtype=torch.bool), 1.0) == []
+    with pytest.raises(ValueError, match="call_tokens"):
+        split_by_cost(similar, -1.0)
+
+
+def test_simwnw_auto_groups_run_the_partition_they_choose():
+    """token_groups='auto' with free calls runs one chunk per distinct need, i.e. what 3 equal groups run on
+    these 3 samples of distinct needs (the same tensors, so the same features); with costly calls one chunk."""
+    model = _model().eval()
+    x1, x2, g1, g2 = _views(model)
+    out = {}
+    with torch.no_grad():
+        for name, settings in (("free", dict(token_groups="auto", group_call_tokens=0.0)),
+                               ("three", dict(token_groups=3)),
+                               ("costly", dict(token_groups="auto", group_call_tokens=1e6)),
+                               ("one", dict(token_groups=1))):
+            _configure(model, method="simwnw", **settings)
+            out[name] = _pair(model, x1, x2, g1, g2)
+    for a, b in (("free", "three"), ("costly", "one")):
+        assert torch.equal(out[a][0], out[b][0]) and torch.equal(out[a][1], out[b][1])
+        assert out[a][2].pruned_flops == out[b][2].pruned_flops
+    assert out["free"][2].pruned_flops < out["one"][2].pruned_flops
 
 
 def test_simwnw_token_scores_agree_with_pixel_masks():
@@ -365,7 +429,8 @@ def test_evit_reorganize_without_pruning_is_identity():
 def test_flops_match_flop_counter_and_gradients_flow(method):
     model = _model().train()
     if method:
-        _configure(model, method=method, prune_layers=(1, 2), keep_rate=0.7)
+        # 3 samples of 17 tokens: auto grouping would run one chunk (a call costs ~24 tokens), keeping all
+        _configure(model, method=method, prune_layers=(1, 2), keep_rate=0.7, token_groups=3)
         model.set_progress(0.3)
     x1, x2, g1, g2 = _views(model)
     with flop_counter() as counter:

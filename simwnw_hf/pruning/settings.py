@@ -115,7 +115,8 @@ class TokenPruningSettings:
     search_window: Optional[int] = None
     difficulty_span: float = 0.5
     search_method: str = "diamond"
-    token_groups: int = 4
+    token_groups: Union[int, str] = "auto"
+    group_call_tokens: float = 24.0
 
     flag: ClassVar[str] = "--token-pruning"
     families: ClassVar[str] = "simwnw_vit_* models (SimWnWVisionTransformer)"
@@ -132,13 +133,17 @@ class TokenPruningSettings:
             raise ValueError(f"difficulty_span must be in [0, 1], got {self.difficulty_span}")
         if self.search_method not in TOKEN_SEARCH_METHODS:
             raise ValueError(f"search_method must be one of {TOKEN_SEARCH_METHODS}, got '{self.search_method}'")
-        if int(self.token_groups) != self.token_groups or self.token_groups < 1:
-            raise ValueError(f"token_groups must be a positive integer, got {self.token_groups}")
+        groups = self.token_groups
+        if groups != "auto" and (isinstance(groups, (str, bool)) or int(groups) != groups or groups < 1):
+            raise ValueError(f"token_groups must be 'auto' or a positive integer, got {groups!r}")
+        if not float(self.group_call_tokens) >= 0:
+            raise ValueError(f"group_call_tokens must be >= 0, got {self.group_call_tokens}")
         object.__setattr__(self, "prune_layers", layers)
         object.__setattr__(self, "keep_rate", float(self.keep_rate))
         object.__setattr__(self, "psnr_threshold", _finite("psnr_threshold", self.psnr_threshold))
         object.__setattr__(self, "search_window", _positive_or_none("search_window", self.search_window))
-        object.__setattr__(self, "token_groups", int(self.token_groups))
+        object.__setattr__(self, "token_groups", groups if groups == "auto" else int(groups))
+        object.__setattr__(self, "group_call_tokens", float(self.group_call_tokens))
 
     @property
     def ratios(self) -> Tuple[str, ...]:

@@ -29,7 +29,8 @@ def build_pair_pruner(settings: TokenPruningSettings, depth: int = 12) -> PairTo
         raise TypeError(f"build_pair_pruner takes TokenPruningSettings, got {type(settings).__name__}")
     if settings.method == "simwnw":
         return SimWnWTokenDrop(psnr_threshold=settings.psnr_threshold, search_window=settings.search_window,
-                               search_method=settings.search_method, groups=settings.token_groups)
+                               search_method=settings.search_method, groups=settings.token_groups,
+                               group_call_tokens=settings.group_call_tokens)
     layers = settings.prune_layers
     if layers[-1] >= depth:
         raise ValueError(f"prune_layers must be block indices in [0, {depth - 1}], got {layers}")

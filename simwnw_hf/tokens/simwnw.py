@@ -25,7 +25,7 @@ loses fewer tokens).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 
@@ -35,7 +35,7 @@ from simwnw_hf.simwnw.block_matching import BlockMatch, match_blocks
 from .base import GroupResult, PairTokenPruner, TokenGroup
 from .gather import keep_tokens
 
-__all__ = ["TokenMatch", "token_scores", "keep_least_similar", "split_by_need", "match_tokens", "SimWnWTokenDrop"]
+__all__ = ["TokenMatch", "token_scores", "keep_least_similar", "split_by_need", "split_by_cost", "match_tokens", "SimWnWTokenDrop"]
 
 
 @dataclass
@@ -95,6 +95,43 @@ def split_by_need(similar: torch.Tensor, groups: int) -> List[torch.Tensor]:
     return [chunk for chunk in torch.tensor_split(order, min(groups, order.numel())) if chunk.numel()]
 
 
+def split_by_cost(similar: torch.Tensor, call_tokens: float, prefix: int = 1, min_keep: int = 1
+                  ) -> List[torch.Tensor]:
+    """Sample indices sorted by need, cut where it is cheapest to run: the chunks that minimise
+    ``sum over chunks (samples x (prefix + largest need)) + call_tokens x chunks``.
+
+    Why: a chunk is one call through every block, and a call has a cost of its own (small matrix
+    products, per-call weight-gradient accumulation, dispatch): on ViT-Ti, batch 8, 1 CPU thread,
+    each extra chunk cost about 0.7% of a dense step, as much as ~24 tokens run through all blocks
+    (``benchmarks/results/token_pruning_step.md``), so 8 one-sample chunks ran 0.10 above their FLOPs
+    ratio and 4 chunks 0.03. ``call_tokens`` is that cost in tokens; 0 gives one chunk per distinct need
+    (no fill token), a huge value one chunk. Exact optimum over contiguous cuts of the sorted samples
+    (any optimal partition can be made contiguous: a chunk's cost depends only on its largest need), by
+    dynamic programming in O(B^2); ties go to fewer, larger chunks.
+    """
+    if not call_tokens >= 0:
+        raise ValueError(f"call_tokens must be >= 0, got {call_tokens}")
+    need = (~similar).sum(dim=1).clamp(min=min(int(min_keep), similar.shape[1]))
+    order = torch.argsort(need, stable=True)                                                # (B,) ascending need
+    batch = order.numel()
+    if batch == 0:
+        return []
+    width = (need[order] + int(prefix)).to(torch.float64)                                   # (B,) tokens per sample
+    best = torch.zeros(batch + 1, dtype=torch.float64)                                      # best[j]: samples [0, j)
+    cut = torch.zeros(batch + 1, dtype=torch.long)
+    for j in range(1, batch + 1):
+        start = torch.arange(j, dtype=torch.float64)                                        # chunk [i, j) for i < j
+        cost = best[:j] + (j - start) * width[j - 1] + float(call_tokens)
+        i = int(torch.argmin(cost))                                                         # first minimum: largest chunk
+        best[j], cut[j] = cost[i], i
+    bounds, j = [], batch
+    while j > 0:
+        bounds.append(j)
+        j = int(cut[j])
+    bounds = [0, *reversed(bounds)]
+    return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def match_tokens(pixels1: torch.Tensor, pixels2: torch.Tensor, g1: Geometry, g2: Geometry, patch: int,
                  psnr_threshold: float = 20.0, search_window: Optional[int] = None,
                  search_method: str = "diamond", min_keep: int = 1) -> TokenMatch:
@@ -119,7 +156,8 @@ class SimWnWTokenDrop(PairTokenPruner):
     search_window: Optional[int] = None     # default 2 * patch (App. B)
     search_method: str = "diamond"
     min_keep: int = 1
-    groups: int = 4                         # equal-length chunks per view (see module doc)
+    groups: Union[int, str] = "auto"        # "auto": split_by_cost; an int: that many equal chunks per view
+    group_call_tokens: float = 24.0         # "auto": the cost of one more chunk, in tokens (split_by_cost)
 
     name = "simwnw"
     needs_pixels = True
@@ -137,7 +175,11 @@ class SimWnWTokenDrop(PairTokenPruner):
         views = []
         for t, score, similar in ((t1, decision.score1, decision.similar1), (t2, decision.score2, decision.similar2)):
             chunks = []
-            for index in split_by_need(similar, self.groups):
+            if self.groups == "auto":
+                split = split_by_cost(similar, self.group_call_tokens, num_prefix_tokens, self.min_keep)
+            else:
+                split = split_by_need(similar, self.groups)
+            for index in split:
                 keep = keep_least_similar(score[index], similar[index], self.min_keep)          # (b, k)
                 chunks.append(TokenGroup(index, keep_tokens(t[index], keep, num_prefix_tokens)))
             views.append(chunks)

@@ -66,6 +66,7 @@ class TrainConfig:
     token_pruning: Optional[str] = None  # None: dense ViT
     keep_rate: float = 0.8  # simprune / evit: fraction of tokens kept at each pruning layer
     prune_layers: Tuple[int, ...] = (4, 7, 10)  # 0-based: prune at the input of blocks[l]
+    token_groups: str = "auto"  # simwnw token removal: how samples of unequal kept length are batched; auto = the chunks of least estimated cost (simwnw_hf/tokens/simwnw.py: split_by_cost), N = N equal chunks per view
     # gating methods (issue 11, docs/GATING.md); at most one of --simwnw, --token-pruning, --gating, --back-razor
     gating: Optional[str] = None  # dualgate (VICReg, simwnw_dualgate_resnet* models) | cdg | scdg (SimCLR, CNN encoders)
     gate_target: float = 0.3  # dualgate: t_d, kept fraction of the gated path's inference FLOPs
@@ -106,6 +107,8 @@ class TrainConfig:
             raise ValueError(f"{' and '.join(chosen)} are exclusive: a run uses one pruning/gating method")
         if not 0 < self.keep_rate <= 1:
             raise ValueError(f"--keep-rate must be in (0, 1], got {self.keep_rate}")
+        if self.token_groups != "auto" and not (str(self.token_groups).isdigit() and int(self.token_groups) > 0):
+            raise ValueError(f"--token-groups must be 'auto' or a positive integer, got '{self.token_groups}'")
         for name in ("model_args", "framework_args"):
             _json_object(getattr(self, name), "--" + name.replace("_", "-"))
         if self.gate_anneal_alpha is not None and self.gate_anneal_final is not None:
@@ -165,7 +168,9 @@ class TrainConfig:
         if self.token_pruning:
             return TokenPruningSettings(method=self.token_pruning, psnr_threshold=self.psnr_threshold,
                                         search_window=self.search_window, keep_rate=self.keep_rate,
-                                        prune_layers=tuple(self.prune_layers))
+                                        prune_layers=tuple(self.prune_layers),
+                                        token_groups=self.token_groups if self.token_groups == "auto"
+                                        else int(self.token_groups))
         if self.gating == "dualgate":
             alpha = {} if self.gate_anneal_alpha is None else {"anneal_alpha": self.gate_anneal_alpha}
             return DualGateSettings(target=self.gate_target, budget_weight=self.gate_budget_weight,

@@ -35,13 +35,15 @@ def write_json_atomic(path, payload) -> None:
 RUN_IDENTITY = ("framework", "model", "model_args", "framework_args", "dataset", "split", "image_column",
                 "max_samples", "image_size", "crop_min_scale", "batch_size", "seed", "optimizer", "lr",
                 "weight_decay", "warmup_steps", "simwnw", "block_size", "psnr_threshold", "search_window",
-                "max_rings", "wax_decision", "wax_peak", "token_pruning", "keep_rate", "prune_layers", "n_local_crops", "local_crop_size",
+                "max_rings", "wax_decision", "wax_peak", "token_pruning", "keep_rate", "prune_layers", "token_groups", "n_local_crops", "local_crop_size",
                 "dino_out_dim", "eval_holdout_excluded")
 
 
 # identity settings added after runs were written without them, with the value those runs had; a
 # SimWnW run from before ``wax_decision`` existed waxed per channel, although the default is now spatial
 _VALUE_BEFORE_FIELD = {"wax_decision": "channel", "wax_peak": "channel"}
+# the same for SimWnW token removal: before ``token_groups`` existed every run split each view into 4 chunks
+_TOKEN_VALUE_BEFORE_FIELD = {"token_groups": "4"}
 
 
 def check_resume_config(path, current: dict) -> None:
@@ -50,7 +52,8 @@ def check_resume_config(path, current: dict) -> None:
     Unknown keys (a newer version's fields) are ignored; a file that is not a JSON object is refused.
     Values are compared through JSON, so ``[4, 7]`` and ``(4, 7)`` are equal. A SimWnW run's file
     without a waxing field was written before it existed and is compared as what it then did
-    (``_VALUE_BEFORE_FIELD``), so changing that default cannot silently change a resumed run.
+    (``_VALUE_BEFORE_FIELD``; SimWnW token runs without ``token_groups``: ``_TOKEN_VALUE_BEFORE_FIELD``),
+    so changing that default cannot silently change a resumed run.
     """
     path = Path(path)
     if not path.is_file():
@@ -63,6 +66,8 @@ def check_resume_config(path, current: dict) -> None:
         raise ValueError(f"{path} is not a JSON object; restore it or choose another --output-dir")
     if saved.get("simwnw"):
         saved = {**_VALUE_BEFORE_FIELD, **saved}
+    if saved.get("token_pruning") == "simwnw":
+        saved = {**_TOKEN_VALUE_BEFORE_FIELD, **saved}
     norm = lambda v: json.dumps(v, sort_keys=True)  # noqa: E731
     differ = [k for k in RUN_IDENTITY if k in saved and k in current and norm(saved[k]) != norm(current[k])]
     if differ:
