@@ -58,15 +58,28 @@ def token_groups(text: str):
 
 
 def make_modes(args):
-    """name -> TokenPruningSettings (None: the trainer's dense step)."""
+    """name -> TokenPruningSettings (None: the trainer's dense step).
+
+    Besides ``simwnw`` (``--token-groups``, ``--group-call-tokens``): ``simwnw_<N>group(s)`` for each
+    ``--group-arms`` N (equal chunks; 1 = one tensor per view, nothing removed when a sample has nothing
+    similar; 4 = the default before ``token_groups="auto"``) and ``simwnw_auto_c<T>`` for each
+    ``--call-token-arms`` T (auto chunks priced at T tokens per call: what the default was chosen from);
+    ``simwnw_chunk_calls`` runs ``simwnw``'s chunks one block call each instead of packed
+    (``model.pack_token_groups = False``, :mod:`simwnw_hf.models.vit_packed`).
+    """
     layers = tuple(args.prune_layers)
-    simwnw = TokenPruningSettings("simwnw", psnr_threshold=args.psnr_threshold, token_groups=args.token_groups)
+    simwnw = TokenPruningSettings("simwnw", psnr_threshold=args.psnr_threshold, token_groups=args.token_groups,
+                                  group_call_tokens=args.group_call_tokens)
+    modes = {"dense": None, "simwnw": simwnw}
+    modes["simwnw_chunk_calls"] = ("chunks", simwnw)   # the same chunks, one block call each (not packed)
+    for n in args.group_arms:
+        modes[f"simwnw_{n}group{'' if n == 1 else 's'}"] = TokenPruningSettings(
+            "simwnw", psnr_threshold=args.psnr_threshold, token_groups=n)
+    for tokens in args.call_token_arms:
+        modes[f"simwnw_auto_c{tokens:g}"] = TokenPruningSettings(
+            "simwnw", psnr_threshold=args.psnr_threshold, group_call_tokens=tokens)
     return {
-        "dense": None,
-        "simwnw": simwnw,
-        "simwnw_1group": TokenPruningSettings("simwnw", psnr_threshold=args.psnr_threshold, token_groups=1),
-        # the default before token_groups="auto" (split_by_cost): 4 equal chunks per view
-        "simwnw_4groups": TokenPruningSettings("simwnw", psnr_threshold=args.psnr_threshold, token_groups=4),
+        **modes,
         "simprune": TokenPruningSettings("simprune", prune_layers=layers, keep_rate=args.keep_rate),
         "evit": TokenPruningSettings("evit", prune_layers=layers, keep_rate=args.keep_rate),
         "simwnw_matching_only": ("match", simwnw),   # the plan (PSNR patch matching) of a simwnw step, alone
@@ -77,10 +90,13 @@ def step(model, settings, x1, x2, g1, g2):
     """One encoder training step; returns ((wall seconds, process CPU seconds), stats)."""
     model.zero_grad(set_to_none=True)
     start, cpu_start = time.perf_counter(), time.process_time()
-    if isinstance(settings, tuple):
+    if isinstance(settings, tuple) and settings[0] == "match":
         model.configure_pair_pruning(settings[1])
         plan = plan_pair(model, x1, x2, g1, g2)
         return (time.perf_counter() - start, time.process_time() - cpu_start), plan_stats(plan)
+    model.pack_token_groups = not (isinstance(settings, tuple) and settings[0] == "chunks")
+    if isinstance(settings, tuple):
+        settings = settings[1]
     if settings is None:
         plan = None
     else:
@@ -106,6 +122,12 @@ def main():
     parser.add_argument("--psnr-threshold", type=float, default=20.0)
     parser.add_argument("--token-groups", type=token_groups, default="auto",
                         help="SimWnW token removal: 'auto' (chunks of least estimated cost) or a number of equal chunks")
+    parser.add_argument("--group-call-tokens", type=float, default=24.0,
+                        help="SimWnW token removal with --token-groups auto: the cost of one more chunk, in tokens")
+    parser.add_argument("--group-arms", type=int, nargs="*", default=[1, 4],
+                        help="also time SimWnW with this many equal chunks per view (one arm each)")
+    parser.add_argument("--call-token-arms", type=float, nargs="*", default=[],
+                        help="also time SimWnW auto chunks priced at these call costs (one arm each)")
     parser.add_argument("--keep-rate", type=float, default=0.8)
     parser.add_argument("--prune-layers", type=int, nargs="+", default=[4, 7, 10])
     parser.add_argument("--progress", type=float, default=0.5, help="SimPrune schedule position")
@@ -114,6 +136,10 @@ def main():
                         help="glibc malloc as the training scripts set it (simwnw_hf/train/allocator.py), for every mode")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    try:
+        modes = make_modes(args)   # settings are validated here, before any model or data is loaded
+    except ValueError as err:
+        parser.error(str(err))
 
     torch.set_num_threads(args.threads)
     if args.tune_malloc:
@@ -124,7 +150,6 @@ def main():
     model = timm.create_model(args.model, num_classes=0).train()
     model.set_progress(args.progress)
     x1, x2, g1, g2 = load_batch(model, args.dataset, args.batch_size, args.image_size, args.seed)
-    modes = make_modes(args)
     names = list(modes)
     times = {name: [] for name in names}
     cpu_times = {name: [] for name in names}
@@ -148,7 +173,10 @@ def main():
         f"Command: `python benchmarks/token_pruning_step.py --dataset {args.dataset} --model {args.model} "
         f"--batch-size {args.batch_size} "
         f"--image-size {args.image_size} --rounds {args.rounds} --threads {args.threads} "
-        f"--psnr-threshold {args.psnr_threshold} --token-groups {args.token_groups} --keep-rate {args.keep_rate} "
+        f"--psnr-threshold {args.psnr_threshold} --token-groups {args.token_groups} "
+        f"--group-call-tokens {args.group_call_tokens:g} --group-arms {' '.join(map(str, args.group_arms))} "
+        f"{'--call-token-arms ' + ' '.join(f'{t:g}' for t in args.call_token_arms) + ' ' if args.call_token_arms else ''}"
+        f"--keep-rate {args.keep_rate} "
         f"--prune-layers {' '.join(map(str, args.prune_layers))} --progress {args.progress}"
         f"{' --tune-malloc' if args.tune_malloc else ''}`",
         "",
@@ -173,7 +201,8 @@ def main():
             lines.append(f"| (PSNR matching of a simwnw step, alone) | {t:.3f} | {t / dense_time:.3f} | {c:.3f} | "
                          f"{c / dense_cpu:.3f} | {st.overhead_flops / ref.dense_flops:.4f} | - | - | - |")
             continue
-        removal = f"{st.removal_ratio:.3f}" if "removal_ratio" in modes[name].ratios else "-"
+        mode = modes[name][1] if isinstance(modes[name], tuple) else modes[name]
+        removal = f"{st.removal_ratio:.3f}" if "removal_ratio" in mode.ratios else "-"
         lines.append(f"| {name} | {t:.3f} | {t / dense_time:.3f} | {c:.3f} | {c / dense_cpu:.3f} | "
                      f"{st.flops_ratio:.3f} | {st.kept_token_ratio:.3f} | "
                      f"{st.overhead_flops / st.dense_flops:.4f} | {removal} |")

@@ -225,8 +225,11 @@ def test_simwnw_pruned_forward_equals_dense_restricted_to_kept_tokens(groups):
         dense_in = list(seen)
         seen.clear()
         _configure(model, method="simwnw", token_groups=groups)
+        model.pack_token_groups = False   # one block call per chunk: the hook sees every chunk
         f1, f2, stats = _pair(model, x1, x2, g1, g2)
-    handle.remove()
+        handle.remove()
+        model.pack_token_groups = True    # chunks packed (several per view when groups > 1): same features
+        f1_packed, _, stats_packed = _pair(model, x1, x2, g1, g2)
     p1, p2 = (denormalize(x, model.pretrained_cfg["mean"], model.pretrained_cfg["std"]) for x in (x1, x2))
     sel = match_tokens(p1, p2, g1, g2, PATCH)
     if groups == 1:   # one tensor per view, k = the batch's largest need
@@ -249,7 +252,8 @@ def test_simwnw_pruned_forward_equals_dense_restricted_to_kept_tokens(groups):
     # the rest of the network is the unchanged model run on the shorter sequences, in batch order
     with torch.no_grad():
         ref = torch.cat([model.forward_head(model.norm(model.blocks(e)), pre_logits=True) for e in expect])
-    assert torch.allclose(f1, ref, atol=1e-6)
+    assert torch.allclose(f1, ref, atol=1e-6) and torch.allclose(f1_packed, ref, atol=1e-6)
+    assert stats_packed == stats
     plan = model.plan_pair(x1, x2, g1, g2)
     assert plan.overhead_flops == sel.match.overhead_flops > 0 and stats.overhead_flops == 0  # matching: the plan's
     assert torch.equal(plan.match.keep1, sel.keep1) and plan.settings.search_window == 2 * PATCH

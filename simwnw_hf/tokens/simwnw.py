@@ -102,11 +102,14 @@ def split_by_cost(similar: torch.Tensor, call_tokens: float, prefix: int = 1, mi
     """Sample indices sorted by need, cut where it is cheapest to run: the chunks that minimise
     ``sum over chunks (samples x (prefix + largest need)) + call_tokens x chunks``.
 
-    Why: a chunk is one call through every block, and a call has a cost of its own (small matrix
-    products, per-call weight-gradient accumulation, dispatch): on ViT-Ti, batch 8, 1 CPU thread,
-    each extra chunk cost about 0.7% of a dense step, as much as ~24 tokens run through all blocks
-    (``benchmarks/results/token_pruning_step.md``), so 8 one-sample chunks ran 0.10 above their FLOPs
-    ratio and 4 chunks 0.03. ``call_tokens`` is that cost in tokens; 0 gives one chunk per distinct need
+    Why: a chunk costs more than its tokens: its own attention call per block, and, where chunks are
+    not packed (:mod:`simwnw_hf.models.vit_packed`), its own call through every layer (small matrix
+    products, per-call weight-gradient accumulation, dispatch). ``call_tokens`` is that cost in tokens
+    run through all blocks. 24 was chosen on ViT-Ti, batch 8, at 224 px (``--call-token-arms`` of
+    ``benchmarks/token_pruning_step.py``, ``benchmarks/results/token_pruning_step.md``): with packed
+    chunks 8, 12 and 24 tokens were within the run-to-run spread at 1 CPU thread (0.888-0.913 of the
+    dense step) and 24 the best of 8, 24 and 48 at 2 threads (0.920 vs 0.942, 0.927); unpacked, 24 was
+    best of 6-48 at 1 thread. 0 gives one chunk per distinct need
     (no fill token), a huge value one chunk. Exact optimum over contiguous cuts of the sorted samples
     (any optimal partition can be made contiguous: a chunk's cost depends only on its largest need), by
     dynamic programming in O(B^2); ties go to fewer, larger chunks.
