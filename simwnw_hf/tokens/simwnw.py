@@ -111,7 +111,7 @@ def split_by_cost(similar: torch.Tensor, call_tokens: float, prefix: int = 1, mi
     ``benchmarks/token_pruning_step.py``, ``benchmarks/results/token_pruning_step.md``): with packed
     chunks 8, 12 and 24 tokens were within the run-to-run spread at 1 CPU thread (0.888-0.913 of the
     dense step) and 24 the best of 8, 24 and 48 at 2 threads (0.920 vs 0.942, 0.927); unpacked, 24 was
-    best of 6-48 at 1 thread. 0 gives one chunk per distinct need
+    best of 6-48 at 1 thread (a scratch run). 0 gives one chunk per distinct need
     (no fill token), a huge value one chunk. Exact optimum over contiguous cuts of the sorted samples
     (any optimal partition can be made contiguous: a chunk's cost depends only on its largest need), by
     dynamic programming in O(B^2) (0.2 ms for B = 8, 5 ms for B = 256 here); ties go to fewer, larger
