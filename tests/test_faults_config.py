@@ -159,5 +159,21 @@ def test_simwnw_token_run_from_before_token_groups_resumes_only_as_it_ran(tmp_pa
     with pytest.raises(ValueError, match=r"token_groups='4' \(now 'auto'\)"):
         check_resume_config(path, current)
     check_resume_config(path, {**current, "token_groups": "4"})
+    assert TrainConfig(token_pruning="simwnw", token_groups=4).token_groups == "4"      # one spelling per value
+    assert TrainConfig(token_pruning="simwnw", token_groups="04").token_groups == "4"
     path.write_text(json.dumps({**old, "token_pruning": "evit"}))
     check_resume_config(path, {**current, "token_pruning": "evit"})
+    path.write_text(json.dumps({**current, "token_pruning": "evit", "token_groups": "2"}))   # no effect on EViT
+    check_resume_config(path, {**current, "token_pruning": "evit"})
+
+
+def test_hub_record_of_an_old_run_is_rebuilt_as_it_ran():
+    """A run without a stored pruning record gets one from its run_config.json, with the values of the
+    fields it predates (wax_decision for SimWnW, token_groups for SimWnW tokens), not today's defaults."""
+    from simwnw_hf.hub.record import _pruning
+
+    token = {k: v for k, v in TrainConfig(token_pruning="simwnw").__dict__.items() if k != "token_groups"}
+    assert _pruning({}, None, token)["token_groups"] == 4
+    cnn = {k: v for k, v in TrainConfig(simwnw=True).__dict__.items() if k not in ("wax_decision", "wax_peak")}
+    assert _pruning({}, None, cnn)["wax_decision"] == "channel"
+    assert _pruning({}, None, TrainConfig(token_pruning="simwnw").__dict__)["token_groups"] == "auto"

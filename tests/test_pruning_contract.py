@@ -21,6 +21,8 @@ from simwnw_hf.train.config import TrainConfig
     (lambda: TokenPruningSettings("simwnw", token_groups=0), "token_groups"),
     (lambda: TokenPruningSettings("simwnw", token_groups="four"), "token_groups must be 'auto' or a positive"),
     (lambda: TokenPruningSettings("simwnw", token_groups=True), "token_groups must be 'auto' or a positive"),
+    (lambda: TokenPruningSettings("simwnw", token_groups=None), "token_groups must be 'auto' or a positive"),
+    (lambda: TokenPruningSettings("simwnw", token_groups=2.5), "token_groups must be 'auto' or a positive"),
     (lambda: TokenPruningSettings("simwnw", group_call_tokens=-1.0), "group_call_tokens must be >= 0"),
     (lambda: TrainConfig(token_pruning="simwnw", token_groups="0"), "--token-groups must be 'auto' or a positive"),
     (lambda: TokenPruningSettings("simwnw", search_method="grid"), "search_method"),

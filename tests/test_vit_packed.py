@@ -27,6 +27,8 @@ def _close(a, b):
     dict(qk_norm=True, init_values=1e-2),
     dict(fused_attn=False),
     dict(train=True, qkv_bias=False, mlp_ratio=2.0),
+    dict(train=True, proj_drop=1.0),                      # dropout in training, deterministic at p = 1
+    dict(train=True, attn_drop=1.0, fused_attn=False),
 ])
 def test_packed_block_is_timm_block_per_chunk_outputs_and_gradients(options):
     options = dict(options)
@@ -63,6 +65,7 @@ def test_pack_unpack_round_trip_and_what_is_not_packable():
     assert packed.flat.shape == (sum(b * n for b, n in SIZES), 4) and packed.sizes == tuple(SIZES)
     assert all(torch.equal(a, b) for a, b in zip(unpack(packed), chunks))
     assert not packable(Block(dim=8, num_heads=2, drop_path=0.1))          # one drop mask per sample
+    assert packable(Block(dim=8, num_heads=2, drop_path=0.1).eval())       # eval: drop path is the identity
     assert not packable(torch.nn.Linear(8, 8))
 
 

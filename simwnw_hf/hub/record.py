@@ -27,6 +27,7 @@ from simwnw_hf.pruning.settings import pruning_record
 from simwnw_hf.train.checkpoint import CHECKPOINT_RE, STATE_FILE, WEIGHTS_FILE, list_checkpoints
 from simwnw_hf.train.config import TrainConfig
 from simwnw_hf.train.layout import EVAL_FILE, RUN_CONFIG_FILE, SUMMARY_FILE
+from simwnw_hf.train.run_files import with_values_before_fields
 from simwnw_hf.train.summary import GATING_RATIOS, cost_summary
 
 __all__ = ["RECORD_KEYS", "find_checkpoint", "training_record", "missing_fields",
@@ -92,7 +93,7 @@ def _pruning(state: dict, summary: Optional[dict], cfg: dict) -> dict:
     for source in (state, summary or {}):
         if isinstance(source.get("pruning"), dict):
             return dict(source["pruning"])
-    return pruning_record(TrainConfig.from_dict(cfg).pruning)
+    return pruning_record(TrainConfig.from_dict(with_values_before_fields(cfg)).pruning)
 
 
 def _model_args(value) -> dict:

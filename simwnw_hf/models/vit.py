@@ -46,7 +46,8 @@ class SimWnWVisionTransformer(VisionTransformer):
         self.pair_pruner: PairTokenPruner = PairTokenPruner()
         self.pair_progress = 0.0
         # run a view's token chunks through the blocks packed (per-token layers once, attention per chunk;
-        # simwnw_hf/models/vit_packed.py) instead of one call per chunk: the same numbers, less time
+        # simwnw_hf/models/vit_packed.py) instead of one call per chunk: the same computation (float sums in
+        # another order), less time
         self.pack_token_groups = True
 
     def configure_pair_pruning(self, settings: Optional[TokenPruningSettings] = None, *, enabled: bool = True,

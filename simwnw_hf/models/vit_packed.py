@@ -12,7 +12,7 @@ call each and 0.908 packed at 1 CPU thread, 1.012 and 0.920 at 2 threads.
 :func:`packed_block` computes what timm's ``Block.forward`` computes on each chunk (the reference, timm's
 own code: ``tests/test_vit_packed.py`` holds them equal, outputs and gradients); :func:`packable` says
 for which blocks that holds: timm's ``Block`` with timm's ``Attention`` (no gate) and no stochastic depth
-(drop path draws one mask per sample, which a packed tensor no longer has).
+(in training, drop path draws one mask per sample, which a packed tensor no longer has).
 """
 
 from __future__ import annotations
@@ -47,16 +47,18 @@ def unpack(packed: PackedTokens) -> List[torch.Tensor]:
     return [part.view(b, n, -1) for part, (b, n) in zip(parts, packed.sizes)]
 
 
-def _identity_or_zero(module: nn.Module) -> bool:
-    return isinstance(module, nn.Identity) or float(getattr(module, "drop_prob", 1.0)) == 0.0
+def _no_drop_path(module: nn.Module) -> bool:
+    """Identity, a zero rate, or not training (timm's DropPath is the identity in eval mode)."""
+    return isinstance(module, nn.Identity) or not module.training or float(getattr(module, "drop_prob", 1.0)) == 0.0
 
 
 def packable(block: nn.Module) -> bool:
     """Whether :func:`packed_block` computes ``block`` exactly: timm ``Block`` + ``Attention`` (no gate),
-    no stochastic depth."""
+    no stochastic depth in training. Assumed, not checked: its norm and MLP layers act on each token
+    alone (every ``norm_layer`` / ``mlp_layer`` timm builds a ``Block`` with does)."""
     attn = getattr(block, "attn", None)
     return (type(block) is Block and type(attn) is Attention and attn.gate is None
-            and _identity_or_zero(block.drop_path1) and _identity_or_zero(block.drop_path2))
+            and _no_drop_path(block.drop_path1) and _no_drop_path(block.drop_path2))
 
 
 def _attention_core(attn: Attention, qkv: torch.Tensor, b: int, n: int) -> torch.Tensor:

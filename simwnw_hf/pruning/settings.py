@@ -134,7 +134,8 @@ class TokenPruningSettings:
         if self.search_method not in TOKEN_SEARCH_METHODS:
             raise ValueError(f"search_method must be one of {TOKEN_SEARCH_METHODS}, got '{self.search_method}'")
         groups = self.token_groups
-        if groups != "auto" and (isinstance(groups, (str, bool)) or int(groups) != groups or groups < 1):
+        integral = isinstance(groups, (int, float)) and not isinstance(groups, bool) and float(groups).is_integer()
+        if groups != "auto" and not (integral and groups >= 1):
             raise ValueError(f"token_groups must be 'auto' or a positive integer, got {groups!r}")
         if not float(self.group_call_tokens) >= 0:
             raise ValueError(f"group_call_tokens must be >= 0, got {self.group_call_tokens}")

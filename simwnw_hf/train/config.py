@@ -109,6 +109,8 @@ class TrainConfig:
             raise ValueError(f"--keep-rate must be in (0, 1], got {self.keep_rate}")
         if self.token_groups != "auto" and not (str(self.token_groups).isdigit() and int(self.token_groups) > 0):
             raise ValueError(f"--token-groups must be 'auto' or a positive integer, got '{self.token_groups}'")
+        if self.token_groups != "auto":   # one spelling per value: run_config.json compares them as text
+            self.token_groups = str(int(self.token_groups))
         for name in ("model_args", "framework_args"):
             _json_object(getattr(self, name), "--" + name.replace("_", "-"))
         if self.gate_anneal_alpha is not None and self.gate_anneal_final is not None:

@@ -46,14 +46,27 @@ _VALUE_BEFORE_FIELD = {"wax_decision": "channel", "wax_peak": "channel"}
 _TOKEN_VALUE_BEFORE_FIELD = {"token_groups": "4"}
 
 
+def with_values_before_fields(saved: dict) -> dict:
+    """A ``run_config.json`` with the fields it was written without set to what that run did then.
+
+    SimWnW runs from before ``wax_decision`` / ``wax_peak`` waxed per channel; SimWnW token runs from
+    before ``token_groups`` cut each view into 4 chunks. Fields the file has are kept.
+    """
+    if saved.get("simwnw"):
+        saved = {**_VALUE_BEFORE_FIELD, **saved}
+    if saved.get("token_pruning") == "simwnw":
+        saved = {**_TOKEN_VALUE_BEFORE_FIELD, **saved}
+    return saved
+
+
 def check_resume_config(path, current: dict) -> None:
     """Refuse (one line) to resume a run whose ``run_config.json`` names other identity settings.
 
     Unknown keys (a newer version's fields) are ignored; a file that is not a JSON object is refused.
     Values are compared through JSON, so ``[4, 7]`` and ``(4, 7)`` are equal. A SimWnW run's file
     without a waxing field was written before it existed and is compared as what it then did
-    (``_VALUE_BEFORE_FIELD``; SimWnW token runs without ``token_groups``: ``_TOKEN_VALUE_BEFORE_FIELD``),
-    so changing that default cannot silently change a resumed run.
+    (:func:`with_values_before_fields`), so changing that default cannot silently change a resumed run.
+    ``token_groups`` is compared for SimWnW token runs only (it does nothing elsewhere).
     """
     path = Path(path)
     if not path.is_file():
@@ -64,12 +77,10 @@ def check_resume_config(path, current: dict) -> None:
         raise ValueError(f"{path} is not valid JSON ({exc}); restore it or choose another --output-dir") from None
     if not isinstance(saved, dict):
         raise ValueError(f"{path} is not a JSON object; restore it or choose another --output-dir")
-    if saved.get("simwnw"):
-        saved = {**_VALUE_BEFORE_FIELD, **saved}
-    if saved.get("token_pruning") == "simwnw":
-        saved = {**_TOKEN_VALUE_BEFORE_FIELD, **saved}
+    saved = with_values_before_fields(saved)
     norm = lambda v: json.dumps(v, sort_keys=True)  # noqa: E731
-    differ = [k for k in RUN_IDENTITY if k in saved and k in current and norm(saved[k]) != norm(current[k])]
+    identity = [k for k in RUN_IDENTITY if k != "token_groups" or saved.get("token_pruning") == "simwnw"]
+    differ = [k for k in identity if k in saved and k in current and norm(saved[k]) != norm(current[k])]
     if differ:
         shown = ", ".join(f"{k}={saved[k]!r} (now {current[k]!r})" for k in differ[:4])
         raise ValueError(f"--resume: {path} was written by a run with {shown}"
