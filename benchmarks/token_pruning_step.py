@@ -33,6 +33,7 @@ import simwnw_hf  # noqa: F401  (registers simwnw_vit_*)
 from simwnw_hf.data.datasets import load_image_dataset
 from simwnw_hf.data.views import TwoViewTransform
 from simwnw_hf.pruning import TokenPruningSettings
+from simwnw_hf.pruning.settings import parse_token_groups
 from simwnw_hf.ssl.pair import encode_pair, plan_pair, plan_stats
 from simwnw_hf.train.allocator import tune_malloc
 
@@ -48,15 +49,6 @@ def load_batch(model, dataset: str, batch_size: int, image_size: int, seed: int)
     return batch["views"][0], batch["views"][1], batch["geometry"][0], batch["geometry"][1]
 
 
-def token_groups(text: str):
-    """``--token-groups``: 'auto' or a positive integer (argparse prints one line otherwise)."""
-    if text == "auto":
-        return text
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got '{text}'")
-    return int(text)
-
-
 def make_modes(args):
     """name -> TokenPruningSettings (None: the trainer's dense step).
 
@@ -68,7 +60,8 @@ def make_modes(args):
     (``model.pack_token_groups = False``, :mod:`simwnw_hf.models.vit_packed`).
     """
     layers = tuple(args.prune_layers)
-    simwnw = TokenPruningSettings("simwnw", psnr_threshold=args.psnr_threshold, token_groups=args.token_groups,
+    simwnw = TokenPruningSettings("simwnw", psnr_threshold=args.psnr_threshold,
+                                  token_groups=parse_token_groups(args.token_groups),
                                   group_call_tokens=args.group_call_tokens)
     modes = {"dense": None, "simwnw": simwnw}
     modes["simwnw_chunk_calls"] = ("chunks", simwnw)   # the same chunks, one block call each (not packed)
@@ -120,7 +113,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--psnr-threshold", type=float, default=20.0)
-    parser.add_argument("--token-groups", type=token_groups, default="auto",
+    parser.add_argument("--token-groups", default="auto",
                         help="SimWnW token removal: 'auto' (chunks of least estimated cost) or a number of equal chunks")
     parser.add_argument("--group-call-tokens", type=float, default=24.0,
                         help="SimWnW token removal with --token-groups auto: the cost of one more chunk, in tokens")

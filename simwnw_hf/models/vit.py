@@ -151,10 +151,8 @@ class SimWnWVisionTransformer(VisionTransformer):
         lengths = [[[] for _ in v] for v in views]          # lengths[view][group][block]
         if self._pack_groups(views, pruner):
             packed = [pack([g.tokens for g in view]) for view in views]
+            lengths = [[[n] * len(self.blocks) for _, n in p.sizes] for p in packed]   # no pruning inside
             for block in self.blocks:
-                for v, p in enumerate(packed):
-                    for g, (_, n) in enumerate(p.sizes):
-                        lengths[v][g].append(n)
                 packed = [packed_block(block, p) for p in packed]
             views = [[g._replace(tokens=t) for g, t in zip(view, unpack(p))] for view, p in zip(views, packed)]
         else:

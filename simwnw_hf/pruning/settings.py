@@ -98,6 +98,15 @@ class SimWnWSettings:
         return replace(self, block_size=block, search_window=self.search_window or 2 * block)
 
 
+def parse_token_groups(value) -> Union[int, str]:
+    """``--token-groups`` as the settings take it: ``"auto"`` or a positive integer (from text or int)."""
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not str(value).isdigit() or int(value) < 1:
+        raise ValueError(f"--token-groups must be 'auto' or a positive integer, got '{value}'")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class TokenPruningSettings:
     """Token pruning on ViTs: SimWnW token removal (App. A.4), SimPrune or the EViT baseline.

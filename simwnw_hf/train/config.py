@@ -11,7 +11,8 @@ from typing import Optional, Tuple
 
 from simwnw_hf.pruning.gating import (GATING_METHODS, BackRazorSettings, CDGSettings, DualGateSettings, GatingSettings,
                                       check_gating_fit)
-from simwnw_hf.pruning.settings import TOKEN_PRUNING_METHODS, PruningSettings, SimWnWSettings, TokenPruningSettings
+from simwnw_hf.pruning.settings import (TOKEN_PRUNING_METHODS, PruningSettings, SimWnWSettings, TokenPruningSettings,
+                                       parse_token_groups)
 
 
 MATCH_IN = ("auto", "step", "loader")
@@ -107,10 +108,8 @@ class TrainConfig:
             raise ValueError(f"{' and '.join(chosen)} are exclusive: a run uses one pruning/gating method")
         if not 0 < self.keep_rate <= 1:
             raise ValueError(f"--keep-rate must be in (0, 1], got {self.keep_rate}")
-        if self.token_groups != "auto" and not (str(self.token_groups).isdigit() and int(self.token_groups) > 0):
-            raise ValueError(f"--token-groups must be 'auto' or a positive integer, got '{self.token_groups}'")
-        if self.token_groups != "auto":   # one spelling per value: run_config.json compares them as text
-            self.token_groups = str(int(self.token_groups))
+        # one spelling per value ("04" -> "4"): run_config.json compares them as text
+        self.token_groups = str(parse_token_groups(self.token_groups))
         for name in ("model_args", "framework_args"):
             _json_object(getattr(self, name), "--" + name.replace("_", "-"))
         if self.gate_anneal_alpha is not None and self.gate_anneal_final is not None:
@@ -171,8 +170,7 @@ class TrainConfig:
             return TokenPruningSettings(method=self.token_pruning, psnr_threshold=self.psnr_threshold,
                                         search_window=self.search_window, keep_rate=self.keep_rate,
                                         prune_layers=tuple(self.prune_layers),
-                                        token_groups=self.token_groups if self.token_groups == "auto"
-                                        else int(self.token_groups))
+                                        token_groups=parse_token_groups(self.token_groups))
         if self.gating == "dualgate":
             alpha = {} if self.gate_anneal_alpha is None else {"anneal_alpha": self.gate_anneal_alpha}
             return DualGateSettings(target=self.gate_target, budget_weight=self.gate_budget_weight,
