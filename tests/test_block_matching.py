@@ -315,6 +315,31 @@ def test_numba_engine_settles_ties_like_the_reference(noise):
         assert fast.exact_rechecks > fast.psnr.numel()  # ties were settled by exact PSNRs
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_numba_search_split_over_threads_is_bit_identical(threads):
+    """The compiled search runs its pairs in shares on torch's threads (``jit_threads.run_split``); the
+    shares' exact-PSNR requests are gathered between calls. Views with near ties (many requests, pairs
+    blocked in several rounds) and an odd pair count per share: same matches, PSNRs, masks and counts."""
+    from simwnw_hf.simwnw.matching_reference import match_blocks_reference
+
+    g = torch.Generator().manual_seed(5)
+    source = 0.5 + 1e-6 * torch.rand(5, 3, 64, 64, generator=g)
+    source[:, :, 20:40, 20:40] += 0.25 * torch.rand(5, 3, 20, 20, generator=g)
+    x1, x2, g1, g2 = _crop_pair(source, [(3, 4), (0, 0), (10, 1), (7, 7), (2, 9)],
+                                [(6, 1), (2, 3), (7, 4), (9, 2), (0, 12)], 32, flips2=[True, False, True, False, True])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = match_blocks(x1, x2, g1, g2, engine="numba")
+        torch.set_num_threads(threads)
+        split = match_blocks(x1, x2, g1, g2, engine="numba")
+    finally:
+        torch.set_num_threads(before)
+    _assert_same_match(split, match_blocks_reference(x1, x2, g1, g2))
+    _assert_same_match(split, single)
+    assert split.exact_rechecks == single.exact_rechecks > split.psnr.numel()   # ties were asked for
+
+
 def test_numba_unavailable_falls_back_to_torch_in_one_warning(monkeypatch):
     from simwnw_hf.simwnw import matching_jit
     from simwnw_hf.simwnw.matching_reference import match_blocks_reference

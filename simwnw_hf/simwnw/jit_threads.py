@@ -2,9 +2,10 @@
 
 Why: a numba loop is single-threaded, while the dense step it is measured against uses every thread
 torch is given; waxing's one-read kernel (``wax_jit``) alone was 2x slower than torch's ``amax`` at 2
-threads. Each share writes disjoint outputs (images), so the shares need no locking. Block matching's
-search was tried split over pairs the same way and gained nothing measurable at 2 threads (50 vs 47 ms
-per 224 px batch of 8, 12 interleaved rounds), so it stays on one thread.
+threads. Each share writes disjoint outputs (images for waxing, block pairs for the matching's diamond
+search, ``matching_jit.diamond_search``), so the shares need no locking. (The search split over a
+Python pool gained nothing at 2 threads, 50 vs 47 ms per 224 px batch of 8; on torch's own team it
+runs beside, not behind, torch's spinning worker.)
 
 Where the shares run: on torch's own OpenMP team where torch uses GNU OpenMP (``libgomp`` in
 ``torch/lib``, the Linux wheels), by calling ``GOMP_parallel`` with a ctypes callback; else on a small

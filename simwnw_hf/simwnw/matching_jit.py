@@ -35,6 +35,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .jit_threads import run_split
+
 __all__ = ["available", "certified_ratio", "cut_tiles", "diamond_search", "exact_ssd", "removal_masks"]
 
 _U32 = 2.0 ** -24
@@ -102,8 +104,9 @@ _SMALL = np.array([[0, 0], [-1, 0], [0, -1], [0, 1], [1, 0]], dtype=np.int64)
 
 
 def _search_py(x2f, tiles, image, lo, hi, centre, phase, large_done, final, approx, exact, req,
-               ly, lx, step, block, channels, height2, width2, max_moves, ratio, slack, large, small):
-    """Advance every unfinished pair's diamond search until it ends or needs exact PSNRs.
+               ly, lx, step, block, channels, height2, width2, max_moves, ratio, slack, large, small,
+               n_lo, n_hi):
+    """Advance every unfinished pair ``n_lo <= n < n_hi`` until it ends or needs exact PSNRs.
 
     Arrays: ``x2f`` view 2 channels-last, flat float32; ``tiles`` (N, block * block * C) float32 view-1
     tiles (mirrored where the flips differ); ``image`` (N,) image of each pair; ``lo``/``hi``/``centre``/
@@ -112,7 +115,9 @@ def _search_py(x2f, tiles, image, lo, hi, centre, phase, large_done, final, appr
     ``approx`` (N * ly * lx) float64 SSD cache (NaN = not computed), ``exact`` the torch path's float32
     PSNR cache with the same slots (NaN = not computed). Pairs needing exact values write their slots
     to ``req`` and keep their state; a pair that ends asks for its final point's exact PSNR the same
-    way. Returns (SSDs computed, exact values requested, pairs left waiting for them).
+    way. A call asks for at most 9 values per pair, written from ``req[9 * n_lo]`` on, so calls on
+    disjoint pair ranges touch disjoint memory and can run at once. Returns (SSDs computed, exact values
+    requested, pairs left waiting for them).
     """
     run = block * channels
     row_stride = width2 * channels
@@ -122,8 +127,8 @@ def _search_py(x2f, tiles, image, lo, hi, centre, phase, large_done, final, appr
     vals = np.empty(9, dtype=np.float64)
     slots = np.empty(9, dtype=np.int64)
     inside = np.zeros(9, dtype=np.bool_)
-    n_pairs = tiles.shape[0]
-    for n in range(n_pairs):
+    first = 9 * n_lo
+    for n in range(n_lo, n_hi):
         while phase[n] < 2:
             pattern = large if phase[n] == 0 else small
             points = pattern.shape[0]
@@ -166,7 +171,7 @@ def _search_py(x2f, tiles, image, lo, hi, centre, phase, large_done, final, appr
                 missing = 0
                 for q in range(points):
                     if inside[q] and vals[q] <= limit and np.isnan(exact[slots[q]]):
-                        req[requested + missing] = slots[q]
+                        req[first + requested + missing] = slots[q]
                         missing += 1
                 if missing > 0:
                     requested += missing
@@ -195,7 +200,7 @@ def _search_py(x2f, tiles, image, lo, hi, centre, phase, large_done, final, appr
                 final[n, 1] = px
                 phase[n] = 2
                 if np.isnan(exact[slots[winner]]):   # the reported PSNR is the torch path's: ask for it now
-                    req[requested] = slots[winner]
+                    req[first + requested] = slots[winner]
                     requested += 1
         if phase[n] < 2:
             blocked += 1
@@ -346,11 +351,12 @@ def diamond_search(score, start: torch.Tensor, max_moves: int) -> Optional[torch
     evaluations = 0
     try:
         while True:
-            done, requested, blocked = _search(*args)
-            evaluations += done
-            if requested:
-                score.exact_at_slots(torch.from_numpy(req[:requested].copy()))
-            if not blocked:
+            shares = run_split(lambda n_lo, n_hi: (n_lo, *_search(*args, n_lo, n_hi)), n)
+            evaluations += sum(done for _, done, _, _ in shares)
+            asked = [req[9 * n_lo: 9 * n_lo + requested] for n_lo, _, requested, _ in shares if requested]
+            if asked:
+                score.exact_at_slots(torch.from_numpy(np.concatenate(asked)))
+            if not any(blocked for *_, blocked in shares):
                 break
     except Exception as err:  # noqa: BLE001  (a compile failure: say it once, use the torch path)
         _NUMBA_ERROR = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
